@@ -1,0 +1,55 @@
+"""Errors a user can cause, each mapped to a BIDS-App exit code.
+
+Every exception raised for a problem in the user's input carries a message
+that names the file or value at fault and the fix; the CLI prints that message
+on one line and exits with :attr:`BidsSpheresError.exit_code`.
+
+Exit codes follow the BIDS-Apps execution spec and ``sysexits.h``:
+1 some runs failed, 16 validation, 17 unknown analysis level, 18 filters
+selected nothing, 64 usage, 65 bad data, 66 missing input, 73 cannot create
+output.
+"""
+
+from __future__ import annotations
+
+
+class BidsSpheresError(Exception):
+    """Base class of the errors a user can cause (exit code 1)."""
+
+    exit_code: int = 1
+
+
+class UsageError(BidsSpheresError, ValueError):
+    """A command-line argument or option value is invalid (exit 64)."""
+
+    exit_code = 64
+
+
+class DataError(BidsSpheresError, ValueError):
+    """An input file exists but its content is unusable (exit 65)."""
+
+    exit_code = 65
+
+
+class MissingInputError(BidsSpheresError, FileNotFoundError):
+    """A required input file or directory does not exist (exit 66)."""
+
+    exit_code = 66
+
+
+class NothingSelectedError(BidsSpheresError):
+    """The participant/session/task/filters selected no run (exit 18)."""
+
+    exit_code = 18
+
+
+class ValidationError(BidsSpheresError):
+    """The input dataset failed BIDS validation (exit 16)."""
+
+    exit_code = 16
+
+
+class OutputError(BidsSpheresError, OSError):
+    """The output or work directory cannot be created or written (exit 73)."""
+
+    exit_code = 73
