@@ -220,6 +220,14 @@ def butterworth(
     sos = sp_signal.butter(
         order, wn if len(wn) == 2 else wn[0], btype=btype, output="sos", fs=sampling_rate
     )
+    # sosfiltfilt's default odd padding length
+    ntaps = 2 * sos.shape[0] + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+    padlen = 3 * ntaps
+    if signals.shape[0] <= padlen:
+        raise ValueError(
+            f"the signal has {signals.shape[0]} volumes but this order-{order} Butterworth "
+            f"filter needs more than {padlen}; filter longer runs or drop low_pass/high_pass"
+        )
     return sp_signal.sosfiltfilt(sos, signals, axis=0, padtype="odd")
 
 
