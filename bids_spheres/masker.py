@@ -214,6 +214,12 @@ class NiftiSpheresMasker(BaseEstimator):
         self, imgs: Any, confounds: Any = None, sample_mask: Any = None
     ) -> np.ndarray:
         """Same as :meth:`transform` for exactly one image (nilearn's name)."""
+        return self._transform(imgs, confounds, sample_mask)[0]
+
+    def _transform(
+        self, imgs: Any, confounds: Any, sample_mask: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(cleaned signals, raw float64 sphere means before any cleaning)."""
         check_is_fitted(self)
         source = reading.open_source(imgs)
         self._log(f"reading {source.name}: grid {source.shape}, {source.n_volumes} volumes")
@@ -248,7 +254,7 @@ class NiftiSpheresMasker(BaseEstimator):
             t_r=self.t_r,
             sample_mask=sample_mask,
         )
-        return signals.astype(self._output_dtype(source), copy=False)
+        return signals.astype(self._output_dtype(source), copy=False), raw
 
     def geometry(self, imgs: Any) -> spheres.SphereGeometry:
         """Sphere membership on the grid of ``imgs`` (memoised; only the header is read).

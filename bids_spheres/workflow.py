@@ -261,14 +261,16 @@ def _process(task: RunTask) -> RunResult:
         t_r=run.t_r,
         dtype=np.float32,
     )
-    signals = masker.fit_transform(bold_input, confounds=confound_matrix, sample_mask=sample_mask)
+    signals, raw = masker.fit()._transform(bold_input, confound_matrix, sample_mask)
     table = np.full((signals.shape[0], len(seed_set)), np.nan, dtype=np.float64)
     table[:, usable] = signals
     relmat = _correlation(table)
 
-    kept = (
-        np.arange(source.n_volumes) if sample_mask is None else np.asarray(sample_mask, dtype=int)
-    )
+    kept = np.arange(source.n_volumes) if sample_mask is None else np.asarray(sample_mask, int)
+    tsnr = np.full(len(seed_set), np.nan)
+    raw_kept = raw[kept]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tsnr[usable] = raw_kept.mean(axis=0) / raw_kept.std(axis=0, ddof=1)
     sources = [
         outputs.bids_uri(task.fmriprep_name, _relative(p, run.fmriprep_root))
         for p in (bold_input, run.mask, run.confounds)
@@ -282,6 +284,7 @@ def _process(task: RunTask) -> RunResult:
             "VoxelCount": int(geometry.sizes[i]),
             "Coverage": round(float(coverage[i]), 4),
             "Status": "ok" if usable[i] else "n/a: coverage below threshold",
+            "TemporalSNR": None if not np.isfinite(tsnr[i]) else round(float(tsnr[i]), 3),
         }
         for i, name in enumerate(seed_set.names)
     }
@@ -301,6 +304,12 @@ def _process(task: RunTask) -> RunResult:
         "MissingSeeds": missing,
         "NumberOfVolumes": source.n_volumes,
         "KeptVolumes": kept.tolist(),
+        "NonSteadyStateVolumes": (
+            [int(i) for i in selection.nonsteady] if selection is not None else []
+        ),
+        "ScrubbedVolumes": [int(i) for i in selection.scrubbed] if selection is not None else [],
+        "MeanFramewiseDisplacement": _finite_or_none(selection.mean_fd if selection else None),
+        "MaxFramewiseDisplacement": _finite_or_none(selection.max_fd if selection else None),
         "Denoising": selection.provenance if selection is not None else {"strategy": "none"},
         "CleaningParameters": {
             **config.cleaning_parameters(),
@@ -467,6 +476,12 @@ def _correlation(table: np.ndarray) -> np.ndarray:
             corr = np.corrcoef(table[:, ok], rowvar=False)
         out[np.ix_(ok, ok)] = np.atleast_2d(corr)
     return out
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None or not np.isfinite(value):
+        return None
+    return float(value)
 
 
 def _file_stamp(path: Path) -> list[Any]:
