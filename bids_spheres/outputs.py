@@ -1,0 +1,1087 @@
+"""BIDS-Derivatives file names and writers: the only module that writes results.
+
+Promise
+-------
+* **Names.** :func:`derivative_filename` puts entities in the order of the BIDS
+  schema (:data:`ENTITY_ORDER`, checked against ``bidsschematools`` by the
+  tests) whatever order they are given in, accepts pybids long names
+  (``subject``, ``acquisition``, ``ceagent``, ...) or short keys (``sub``,
+  ``acq``, ``ce``, ...), and refuses, with :class:`~bids_spheres.errors.DataError`,
+  any value that is not a BIDS label (``[0-9a-zA-Z+]+``) or index (``[0-9]+``),
+  in particular anything containing ``/``, ``\\`` or ``..``, so no name can
+  leave ``output_dir``. Labels this package makes itself (seed set, strategy)
+  go through :func:`to_label` and contain only ``[A-Za-z0-9]``.
+* **One run's files.** :func:`run_paths` gives, for one BOLD run::
+
+      sub-X/[ses-Y/]func/sub-X[_ses-Y]_task-Z[...]_space-S[_res-N]_atlas-A_desc-D_timeseries.tsv|.json
+      sub-X/[ses-Y/]func/sub-X[...]_atlas-A_meas-PearsonCorrelation_desc-D_relmat.tsv|.json
+
+  ``meas`` is not (yet) a schema entity; it is the one BEP017 (relationship
+  matrices) and giga_connectome use, and is placed just before ``desc``.
+* **Atomic writes.** Every file is written to ``.<name>.tmp<random>`` in its
+  own directory, fsynced, renamed over the target with :func:`os.replace`, and
+  the directory fsynced; a reader sees the old file or the new one, never a
+  part. On any exception (including ``KeyboardInterrupt``) the temporary file
+  is removed. ``OSError`` becomes :class:`~bids_spheres.errors.OutputError`
+  with a one-line message naming the path, the cause (disk full, not writable,
+  ...) and the fix.
+* **Completeness marker.** :func:`write_run` writes the TSVs first and the
+  timeseries JSON sidecar last, after removing any old one; the sidecar carries
+  ``ParametersHash`` (:func:`params_hash`), and :func:`is_complete` is true only
+  when both timeseries files exist and that hash matches, so a rerun skips
+  finished runs and redoes interrupted or differently-configured ones.
+* **Shared root files.** ``dataset_description.json``, ``.bidsignore`` and the
+  seed tables are written under an exclusive :func:`fcntl.flock` on
+  ``output_dir/.bids_spheres.lock`` (POSIX only), so participant jobs running
+  at once on the same ``output_dir`` are safe. An identical existing file is
+  left alone; a *different* ``dataset_description.json`` or seed table (another
+  version, other inputs, another seed set under the same name) is never
+  overwritten nor merged: :class:`~bids_spheres.errors.OutputError` asks for a
+  new output directory, so one derivative dataset has one provenance.
+* **Formats.** JSON: insertion order kept, indent 2, UTF-8, NaN and infinities
+  written as ``null``, numpy scalars and arrays as plain JSON. TSV: header row
+  of column names, tab separated, no quoting, ``n/a`` for missing values,
+  floats with 9 significant digits (``%.9g``: every float32 reads back
+  exactly).
+
+This module writes; it computes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_spheres.errors import DataError, OutputError
+
+__all__ = [
+    "BIDSIGNORE_PATTERNS",
+    "BIDS_VERSION",
+    "DATASET_NAME",
+    "ENTITY_ORDER",
+    "LOCK_NAME",
+    "PIPELINE_NAME",
+    "RELMAT_MEASURE",
+    "RunPaths",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "bids_uri",
+    "dataset_lock",
+    "derivative_filename",
+    "is_complete",
+    "params_hash",
+    "run_paths",
+    "seed_table_paths",
+    "to_label",
+    "write_bidsignore",
+    "write_dataset_description",
+    "write_json",
+    "write_run",
+    "write_seed_table",
+    "write_tsv",
+]
+
+#: Version of the BIDS specification declared in ``dataset_description.json``.
+BIDS_VERSION = "1.11.0"
+#: ``GeneratedBy[0].Name``.
+PIPELINE_NAME = "bids_spheres"
+#: ``Name`` of the derivative dataset.
+DATASET_NAME = "bids_spheres sphere timeseries"
+#: Lock file taken by every writer of a root-level file (hidden, and in .bidsignore).
+LOCK_NAME = ".bids_spheres.lock"
+#: ``meas-`` value of the relationship matrix files.
+RELMAT_MEASURE = "PearsonCorrelation"
+#: Lines :func:`write_bidsignore` makes sure ``.bidsignore`` holds: files that
+#: are not (yet) in the BIDS specification.
+BIDSIGNORE_PATTERNS = (
+    "*_timeseries.*",
+    "*_relmat.*",
+    "atlas-*_seeds.*",
+    LOCK_NAME,
+)
+
+#: Short entity keys in filename order: the order of ``rules.entities`` in the
+#: BIDS schema (1.11), with ``meas`` (BEP017, not in the schema) before ``desc``.
+ENTITY_ORDER: tuple[str, ...] = (
+    "sub", "tpl", "ses", "cohort", "sample", "task", "tracksys", "acq", "nuc", "voi",
+    "ce", "trc", "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt",
+    "part", "proc", "hemi", "space", "split", "recording", "chunk", "atlas", "seg",
+    "scale", "res", "den", "label", "meas", "desc",
+)  # fmt: skip
+
+# Long names (schema and pybids spellings) -> short keys; short keys map to themselves.
+_LONG_TO_SHORT: dict[str, str] = {
+    **{key: key for key in ENTITY_ORDER},
+    "subject": "sub",
+    "template": "tpl",
+    "session": "ses",
+    "acquisition": "acq",
+    "nucleus": "nuc",
+    "volume": "voi",
+    "ceagent": "ce",
+    "tracer": "trc",
+    "staining": "stain",
+    "reconstruction": "rec",
+    "direction": "dir",
+    "modality": "mod",
+    "inversion": "inv",
+    "mtransfer": "mt",
+    "processing": "proc",
+    "hemisphere": "hemi",
+    "segmentation": "seg",
+    "resolution": "res",
+    "density": "den",
+    "measure": "meas",
+    "description": "desc",
+}
+_INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "split", "chunk"})
+# Keys of a pybids entity dict that are not filename entities.
+_NOT_ENTITIES = frozenset({"suffix", "extension", "datatype"})
+# Entities of the source BOLD file that a derivative of ours replaces.
+_REPLACED_ENTITIES = frozenset({"atlas", "meas", "desc"})
+
+_LABEL_RE = re.compile(r"[0-9a-zA-Z+]+")
+_INDEX_RE = re.compile(r"[0-9]+")
+_ALNUM_RE = re.compile(r"[A-Za-z0-9]+")
+_SUFFIX_RE = re.compile(r"[A-Za-z0-9]+")
+_EXTENSION_RE = re.compile(r"(\.[A-Za-z0-9]+)+")
+_NAME_MAX = 255
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The four output files of one BOLD run (see :func:`run_paths`)."""
+
+    timeseries_tsv: Path
+    timeseries_json: Path
+    relmat_tsv: Path
+    relmat_json: Path
+
+    @property
+    def directory(self) -> Path:
+        """The ``func`` directory holding the four files."""
+        return self.timeseries_tsv.parent
+
+
+# --------------------------------------------------------------------- names
+
+
+def to_label(value: str) -> str:
+    """Turn a free-form name into a BIDS label made only of ``[A-Za-z0-9]``.
+
+    Runs of other characters are separators, and the word after each separator
+    gets an upper-case first letter (lower camelCase):
+    ``"simple+gsr"`` -> ``"simpleGsr"``, ``"power_2011"`` -> ``"power2011"``,
+    ``"Dosenbach 160"`` -> ``"Dosenbach160"``. A valid label is returned
+    unchanged, so the function is idempotent. Distinct names can collide
+    (``"simple_gsr"`` and ``"simpleGsr"``).
+
+    Parameters
+    ----------
+    value : str
+        The name, e.g. a seed-set or denoising-strategy name.
+
+    Returns
+    -------
+    str
+        The label.
+
+    Raises
+    ------
+    DataError
+        If ``value`` contains ``/``, ``\\`` or ``..``, or no letter or digit.
+    """
+    text = str(value)
+    _refuse_path_like("label", text)
+    words = _ALNUM_RE.findall(text)
+    if not words:
+        raise DataError(
+            f"name {text!r} has no letter or digit to make a BIDS label from: "
+            "use a name with ASCII letters or digits"
+        )
+    return words[0] + "".join(word[0].upper() + word[1:] for word in words[1:])
+
+
+def derivative_filename(
+    entities: Mapping[str, Any], *, suffix: str, extension: str, **extra: Any
+) -> str:
+    """Build a BIDS file name with entities in schema order.
+
+    Parameters
+    ----------
+    entities : Mapping[str, Any]
+        Entity values keyed by pybids long names or short keys, e.g. the
+        result of pybids' ``BIDSFile.get_entities()``. Keys ``suffix``,
+        ``extension`` and ``datatype`` are ignored, as are ``None`` values.
+        Values are used as ``str(value)`` (pybids' zero-padded ``run`` stays
+        padded).
+    suffix : str
+        File suffix, e.g. ``"timeseries"``.
+    extension : str
+        Extension with its dot, e.g. ``".tsv"``.
+    **extra
+        More entities; they override those in ``entities`` (e.g. ``desc=``).
+
+    Returns
+    -------
+    str
+        The file name (no directory).
+
+    Raises
+    ------
+    DataError
+        If an entity is unknown, or a value is not a valid label/index.
+    ValueError
+        If the suffix or extension is malformed, or the same entity is given
+        twice with different values under two spellings.
+    """
+    merged = _short_entities(entities)
+    merged.update(_short_entities(extra))
+    if not _SUFFIX_RE.fullmatch(suffix):
+        raise ValueError(f"suffix {suffix!r} must be made of letters and digits")
+    if not _EXTENSION_RE.fullmatch(extension):
+        raise ValueError(f"extension {extension!r} must look like '.tsv' or '.nii.gz'")
+    parts = [f"{key}-{merged[key]}" for key in ENTITY_ORDER if key in merged]
+    return "_".join([*parts, suffix]) + extension
+
+
+def run_paths(
+    output_dir: str | os.PathLike[str], entities: Mapping[str, Any], *, atlas: str, desc: str
+) -> RunPaths:
+    """Paths of the timeseries and relationship-matrix files of one run.
+
+    The source entities (those of the preprocessed BOLD file: subject,
+    session, task, acquisition, ..., run, echo, space, res, ...) are kept;
+    its ``desc`` (e.g. ``preproc``) is replaced by the strategy and ``atlas``
+    by the seed set.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Root of the derivative dataset.
+    entities : Mapping[str, Any]
+        Entities of the BOLD file (pybids long names or short keys);
+        ``subject`` and ``task`` are required.
+    atlas : str
+        Seed-set name; passed through :func:`to_label`.
+    desc : str
+        Denoising-strategy name; passed through :func:`to_label`.
+
+    Returns
+    -------
+    RunPaths
+        ``timeseries_tsv``, ``timeseries_json``, ``relmat_tsv``, ``relmat_json``.
+
+    Raises
+    ------
+    DataError
+        If ``subject`` or ``task`` is missing, or a value is invalid.
+    """
+    source = {k: v for k, v in _short_entities(entities).items() if k not in _REPLACED_ENTITIES}
+    for key in ("sub", "task"):
+        if key not in source:
+            raise DataError(
+                f"BOLD run with entities {dict(entities)!r} has no '{key}' entity: "
+                "only BIDS-named func files can be processed"
+            )
+    labels = {"atlas": to_label(atlas), "desc": to_label(desc)}
+    directory = Path(output_dir) / f"sub-{source['sub']}"
+    if "ses" in source:
+        directory = directory / f"ses-{source['ses']}"
+    directory = directory / "func"
+
+    def name(suffix: str, extension: str, **more: str) -> Path:
+        return directory / derivative_filename(
+            source, suffix=suffix, extension=extension, **labels, **more
+        )
+
+    return RunPaths(
+        timeseries_tsv=name("timeseries", ".tsv"),
+        timeseries_json=name("timeseries", ".json"),
+        relmat_tsv=name("relmat", ".tsv", meas=RELMAT_MEASURE),
+        relmat_json=name("relmat", ".json", meas=RELMAT_MEASURE),
+    )
+
+
+def seed_table_paths(output_dir: str | os.PathLike[str], atlas: str) -> tuple[Path, Path]:
+    """Paths of a seed set's table and sidecar at the dataset root.
+
+    ``output_dir/atlas-<SeedSet>_seeds.tsv`` and ``.json``, with the seed-set
+    label from :func:`to_label`.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Root of the derivative dataset.
+    atlas : str
+        Seed-set name.
+
+    Returns
+    -------
+    tuple of Path
+        ``(tsv, json)``.
+    """
+    label = to_label(atlas)
+    root = Path(output_dir)
+    return (
+        root / derivative_filename({}, suffix="seeds", extension=".tsv", atlas=label),
+        root / derivative_filename({}, suffix="seeds", extension=".json", atlas=label),
+    )
+
+
+def bids_uri(dataset_name: str, relpath: str | PurePath) -> str:
+    """A BIDS URI ``bids:<dataset_name>:<relpath>``.
+
+    Parameters
+    ----------
+    dataset_name : str
+        A key of ``DatasetLinks`` in ``dataset_description.json``, or ``""``
+        for the dataset the URI is written in.
+    relpath : str or PurePath
+        Path relative to that dataset's root, written with ``/``.
+
+    Returns
+    -------
+    str
+        The URI.
+
+    Raises
+    ------
+    DataError
+        If the name contains ``:`` or ``/``, or the path is absolute, empty,
+        contains ``..`` or a backslash.
+    """
+    if ":" in dataset_name or "/" in dataset_name:
+        raise DataError(
+            f"dataset name {dataset_name!r} for a BIDS URI contains ':' or '/': "
+            "use a plain name such as 'preprocessed'"
+        )
+    text = relpath.as_posix() if isinstance(relpath, PurePath) else str(relpath)
+    posix = PurePosixPath(text)
+    if not text or "\\" in text or posix.is_absolute() or ".." in posix.parts:
+        raise DataError(
+            f"path {text!r} for a BIDS URI must be relative to the dataset root, "
+            "without '..' or backslashes"
+        )
+    return f"bids:{dataset_name}:{posix.as_posix()}"
+
+
+# -------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, creating parent directories.
+
+    Parameters
+    ----------
+    path : path-like
+        Target file; replaced if it exists.
+    data : bytes
+        Content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OutputError
+        If the directory or file cannot be created or written (disk full, not
+        writable, read-only file system, a file where a directory should be).
+    """
+    target = Path(path)
+    _make_dirs(target.parent)
+    tmp: Path | None = None
+    try:
+        fd, tmp = _open_temp(target)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+        tmp = None
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        raise _output_error(target, exc) from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_write_bytes`).
+
+    Parameters
+    ----------
+    path : path-like
+        Target file.
+    text : str
+        Content; newlines are written as given.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as JSON atomically.
+
+    Insertion order is kept, indent is 2, non-ASCII characters are written as
+    UTF-8; NaN and infinities become ``null``; numpy scalars and arrays,
+    tuples and paths become JSON numbers, lists and strings.
+
+    Parameters
+    ----------
+    path : path-like
+        Target file.
+    obj : Any
+        JSON-compatible object.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` holds a value JSON cannot represent.
+    OutputError
+        If the file cannot be written.
+    """
+    return atomic_write_text(path, _render_json(obj))
+
+
+def write_tsv(path: str | os.PathLike[str], table: pd.DataFrame) -> Path:
+    """Write a table as a BIDS TSV file atomically.
+
+    Header row of column names, no index, tab separated, no quoting, ``n/a``
+    for missing values, floats as ``%.9g``.
+
+    Parameters
+    ----------
+    path : path-like
+        Target file.
+    table : pandas.DataFrame
+        The table.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    DataError
+        If a column name or text cell contains a tab or newline, or column
+        names repeat.
+    OutputError
+        If the file cannot be written.
+    """
+    return atomic_write_text(path, _render_tsv(Path(path), table))
+
+
+# ------------------------------------------------------------------ one run
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``params``.
+
+    Canonical: keys sorted, no whitespace, UTF-8, NaN as ``null``, numpy
+    values and tuples as in :func:`write_json`. ``1`` and ``1.0`` hash
+    differently.
+
+    Parameters
+    ----------
+    params : Mapping[str, Any]
+        Everything that determines a run's outputs.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    text = json.dumps(
+        _to_json_compatible(params),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_run(
+    paths: RunPaths,
+    timeseries: np.ndarray,
+    seed_names: Sequence[str],
+    sidecar: dict[str, Any],
+    *,
+    relmat: np.ndarray | None = None,
+    relmat_sidecar: dict[str, Any] | None = None,
+) -> None:
+    """Write one run's outputs; the timeseries JSON comes last and marks completion.
+
+    Order: remove the old timeseries JSON, write the timeseries TSV, the
+    relmat TSV and JSON (or remove stale relmat files when ``relmat`` is
+    None), then the timeseries JSON.
+
+    Parameters
+    ----------
+    paths : RunPaths
+        From :func:`run_paths`.
+    timeseries : numpy.ndarray
+        Shape (n_volumes, n_seeds); an all-NaN column (a seed outside the
+        brain) is written as ``n/a``.
+    seed_names : Sequence[str]
+        Column names, one per seed.
+    sidecar : dict
+        Timeseries sidecar; must hold ``"ParametersHash"`` (see
+        :func:`params_hash` and :func:`is_complete`).
+    relmat : numpy.ndarray, optional
+        Shape (n_seeds, n_seeds); written with the seed names as header, rows
+        in the same order.
+    relmat_sidecar : dict, optional
+        Its sidecar; required with ``relmat``.
+
+    Raises
+    ------
+    ValueError
+        On inconsistent shapes, or a missing ``ParametersHash`` or relmat sidecar.
+    DataError
+        If a seed name contains a tab or newline, or names repeat.
+    OutputError
+        If a file cannot be written.
+    """
+    data = np.asarray(timeseries)
+    names = [str(name) for name in seed_names]
+    if data.ndim != 2 or data.shape[1] != len(names):
+        raise ValueError(
+            f"timeseries of shape {data.shape} does not match {len(names)} seed names"
+        )
+    if "ParametersHash" not in sidecar:
+        raise ValueError("the timeseries sidecar must hold 'ParametersHash' (see params_hash)")
+    if (relmat is None) != (relmat_sidecar is None):
+        raise ValueError("relmat and relmat_sidecar must be given together")
+    if relmat is not None and np.shape(relmat) != (len(names), len(names)):
+        raise ValueError(f"relmat of shape {np.shape(relmat)} is not {len(names)} x {len(names)}")
+
+    _remove(paths.timeseries_json)
+    write_tsv(paths.timeseries_tsv, pd.DataFrame(data, columns=names))
+    if relmat is not None:
+        write_tsv(paths.relmat_tsv, pd.DataFrame(np.asarray(relmat), columns=names))
+        write_json(paths.relmat_json, relmat_sidecar)
+    else:
+        _remove(paths.relmat_tsv)
+        _remove(paths.relmat_json)
+    write_json(paths.timeseries_json, sidecar)
+
+
+def is_complete(paths: RunPaths, params_hash: str) -> bool:
+    """Whether a run was fully written with these parameters.
+
+    Parameters
+    ----------
+    paths : RunPaths
+        From :func:`run_paths`.
+    params_hash : str
+        From :func:`params_hash`.
+
+    Returns
+    -------
+    bool
+        True when the timeseries TSV and JSON exist, the JSON parses to an
+        object and its ``"ParametersHash"`` equals ``params_hash``.
+    """
+    if not paths.timeseries_tsv.is_file():
+        return False
+    try:
+        sidecar = json.loads(paths.timeseries_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(sidecar, dict) and sidecar.get("ParametersHash") == params_hash
+
+
+# ------------------------------------------------------------ dataset root
+
+
+@contextlib.contextmanager
+def dataset_lock(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``output_dir/.bids_spheres.lock``.
+
+    Creates ``output_dir`` if needed. The lock file is left in place (removing
+    it would race with other holders); it is hidden and listed in
+    ``.bidsignore``.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Root of the derivative dataset.
+
+    Yields
+    ------
+    Path
+        ``output_dir`` as a Path.
+
+    Raises
+    ------
+    OutputError
+        If the directory or lock file cannot be created or locked.
+    """
+    root = Path(output_dir)
+    _make_dirs(root)
+    lock_path = root / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise _output_error(lock_path, exc) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise _output_error(lock_path, exc) from exc
+        yield root
+    finally:
+        os.close(fd)
+
+
+def write_dataset_description(
+    output_dir: str | os.PathLike[str],
+    *,
+    version: str,
+    fmriprep_description: Mapping[str, Any] | None,
+    source_datasets: Sequence[Mapping[str, Any]],
+    dataset_links: Mapping[str, str],
+    code_url: str | None = None,
+    container: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``output_dir/dataset_description.json``, safely under concurrent jobs.
+
+    Content: ``Name``, ``BIDSVersion`` (:data:`BIDS_VERSION`), ``DatasetType``
+    ``"derivative"``, ``GeneratedBy`` (bids_spheres first, then the entries of
+    fMRIPrep's ``GeneratedBy``, or its legacy ``PipelineDescription``),
+    ``SourceDatasets`` and ``DatasetLinks`` (so that ``bids:<name>:...``
+    URIs in ``Sources`` resolve).
+
+    Under :func:`dataset_lock`: no file -> write it; an identical one (same
+    JSON content) -> leave it; a different one -> :class:`OutputError`. The
+    description is never merged: a dataset written by another bids_spheres
+    version or from other inputs needs its own output directory.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Root of the derivative dataset (created if needed).
+    version : str
+        bids_spheres version.
+    fmriprep_description : Mapping or None
+        Parsed ``dataset_description.json`` of the fMRIPrep input, if any.
+        Entries that are not JSON objects are skipped.
+    source_datasets : Sequence[Mapping]
+        ``SourceDatasets`` entries (``URL``, ``DOI``, ``Version``).
+    dataset_links : Mapping[str, str]
+        ``DatasetLinks``: dataset name -> URI of its location.
+    code_url : str, optional
+        ``GeneratedBy[0].CodeURL``.
+    container : Mapping[str, str], optional
+        ``GeneratedBy[0].Container`` (``Type``, ``Tag``, ``URI``).
+
+    Returns
+    -------
+    Path
+        The path of ``dataset_description.json``.
+
+    Raises
+    ------
+    DataError
+        If a ``DatasetLinks`` name is empty or contains ``:`` or ``/``.
+    OutputError
+        If the file cannot be written, or a different one is already there.
+    """
+    for name, uri in dataset_links.items():
+        if not name or ":" in name or "/" in name or not isinstance(uri, str):
+            raise DataError(
+                f"DatasetLinks entry {name!r}: {uri!r} is invalid: use a non-empty name "
+                "without ':' or '/' and a URI string"
+            )
+    ours: dict[str, Any] = {"Name": PIPELINE_NAME, "Version": str(version)}
+    if code_url:
+        ours["CodeURL"] = code_url
+    if container:
+        ours["Container"] = dict(container)
+    description = {
+        "Name": DATASET_NAME,
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [ours, *_upstream_generated_by(fmriprep_description)],
+        "SourceDatasets": [dict(entry) for entry in source_datasets],
+        "DatasetLinks": dict(dataset_links),
+    }
+    text = _render_json(description)
+    wanted = json.loads(text)
+    with dataset_lock(output_dir) as root:
+        path = root / "dataset_description.json"
+        existing = _read_json_or_none(path)
+        if existing is None:
+            atomic_write_text(path, text)
+        elif existing != wanted:
+            raise OutputError(_describe_conflict(path, existing))
+    return path
+
+
+def write_bidsignore(output_dir: str | os.PathLike[str]) -> Path:
+    """Make sure ``output_dir/.bidsignore`` lists :data:`BIDSIGNORE_PATTERNS`.
+
+    Existing lines are kept; missing patterns are appended; nothing is
+    written when all are there. Runs under :func:`dataset_lock`.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Root of the derivative dataset.
+
+    Returns
+    -------
+    Path
+        The path of ``.bidsignore``.
+
+    Raises
+    ------
+    OutputError
+        If it cannot be read or written.
+    """
+    with dataset_lock(output_dir) as root:
+        path = root / ".bidsignore"
+        try:
+            old = path.read_text(encoding="utf-8") if path.exists() else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OutputError(
+                f"cannot read {path}: {exc}; fix or delete it, or choose another output directory"
+            ) from exc
+        present = {line.strip() for line in old.splitlines()}
+        missing = [pattern for pattern in BIDSIGNORE_PATTERNS if pattern not in present]
+        if missing:
+            head = old if not old or old.endswith("\n") else old + "\n"
+            atomic_write_text(path, head + "".join(f"{line}\n" for line in missing))
+    return path
+
+
+def write_seed_table(
+    output_dir: str | os.PathLike[str],
+    seeds_df: pd.DataFrame,
+    atlas: str,
+    sidecar: dict[str, Any],
+) -> Path:
+    """Write a seed set's table and sidecar at the dataset root (see :func:`seed_table_paths`).
+
+    Under :func:`dataset_lock`: identical files -> left alone; different
+    ones (another seed set under the same name) -> :class:`OutputError`;
+    otherwise (absent, or only one of the pair) both are written, TSV first.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Root of the derivative dataset.
+    seeds_df : pandas.DataFrame
+        One row per seed (names, coordinates, radii, ...).
+    atlas : str
+        Seed-set name, as used in :func:`run_paths`.
+    sidecar : dict
+        Column descriptions and provenance of the seed set.
+
+    Returns
+    -------
+    Path
+        The path of the TSV.
+
+    Raises
+    ------
+    DataError
+        If the table cannot be written as BIDS TSV (see :func:`write_tsv`).
+    OutputError
+        If the files cannot be written, or different ones are already there.
+    """
+    tsv_path, json_path = seed_table_paths(output_dir, atlas)
+    tsv_text = _render_tsv(tsv_path, seeds_df)
+    json_text = _render_json(sidecar)
+    with dataset_lock(output_dir):
+        if tsv_path.exists() and json_path.exists():
+            try:
+                same = tsv_path.read_text(encoding="utf-8") == tsv_text and json.loads(
+                    json_path.read_text(encoding="utf-8")
+                ) == json.loads(json_text)
+            except (OSError, ValueError):
+                same = False
+            if same:
+                return tsv_path
+            raise OutputError(
+                f"{tsv_path} already holds a different seed set named {atlas!r}: "
+                "give this seed set another name or use a new output directory"
+            )
+        atomic_write_text(tsv_path, tsv_text)
+        atomic_write_text(json_path, json_text)
+    return tsv_path
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _short_entities(entities: Mapping[str, Any]) -> dict[str, str]:
+    """Validated ``{short key: value string}`` from long or short keys."""
+    out: dict[str, str] = {}
+    for key, value in entities.items():
+        if key in _NOT_ENTITIES or value is None:
+            continue
+        short = _LONG_TO_SHORT.get(key)
+        if short is None:
+            raise DataError(
+                f"unknown BIDS entity {key!r} (value {value!r}): "
+                "rename the input file or ask for the entity to be supported"
+            )
+        text = _entity_value(short, value)
+        if short in out and out[short] != text:
+            raise ValueError(f"entity {short!r} given twice: {out[short]!r} and {text!r}")
+        out[short] = text
+    return out
+
+
+def _entity_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        raise DataError(f"entity '{key}' has the boolean value {value!r}: give a label")
+    text = str(value)
+    _refuse_path_like(f"entity '{key}'", text)
+    if key in _INDEX_ENTITIES:
+        if not _INDEX_RE.fullmatch(text):
+            raise DataError(
+                f"entity '{key}' has value {text!r}, not a BIDS index: use digits only"
+            )
+    elif not _LABEL_RE.fullmatch(text):
+        raise DataError(
+            f"entity '{key}' has value {text!r}, not a BIDS label: "
+            "use only letters and digits (rename the input or the option value)"
+        )
+    return text
+
+
+def _refuse_path_like(what: str, text: str) -> None:
+    if "/" in text or "\\" in text or ".." in text:
+        raise DataError(
+            f"{what} value {text!r} contains '/', '\\' or '..', which could escape the "
+            "output directory: use only letters and digits"
+        )
+
+
+def _to_json_compatible(obj: Any) -> Any:
+    """Plain-JSON copy of ``obj``: NaN/inf -> None, numpy -> Python, tuples -> lists."""
+    if isinstance(obj, Mapping):
+        return {key: _to_json_compatible(value) for key, value in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return _to_json_compatible(obj.tolist())
+    if isinstance(obj, list | tuple):
+        return [_to_json_compatible(value) for value in obj]
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def _render_json(obj: Any) -> str:
+    return (
+        json.dumps(_to_json_compatible(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    )
+
+
+def _render_tsv(path: Path, table: pd.DataFrame) -> str:
+    names = [str(name) for name in table.columns]
+    for name in names:
+        if any(char in name for char in "\t\n\r"):
+            raise DataError(
+                f"cannot write {path}: column name {name!r} contains a tab or newline; rename it"
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(
+            f"cannot write {path}: column names {repeated} repeat; give every column "
+            "(seed) a unique name"
+        )
+    for column in table.columns:
+        series = table[column]
+        if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+            bad = series.dropna().astype(str).str.contains(r"[\t\n\r]", regex=True)
+            if bad.any():
+                raise DataError(
+                    f"cannot write {path}: a value of column {column!r} contains a tab or "
+                    "newline; remove it"
+                )
+    frame = table.copy(deep=False)
+    frame.columns = names
+    return frame.to_csv(
+        sep="\t",
+        na_rep="n/a",
+        float_format="%.9g",
+        index=False,
+        lineterminator="\n",
+        quoting=csv.QUOTE_NONE,
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _open_temp(target: Path) -> tuple[int, Path]:
+    """Create ``.<name>.tmp<random>`` beside ``target`` (mode 0666 & ~umask)."""
+    stem = target.name
+    if len(f".{stem}.tmp00000000".encode()) > _NAME_MAX:
+        stem = stem[: _NAME_MAX // 2]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = target.with_name(f".{stem}.tmp{secrets.token_hex(4)}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "could not create a unique temporary file", str(target))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Best-effort fsync of a directory (some file systems refuse it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output_error(directory, exc) from exc
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _output_error(path, exc) from exc
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    """One-line :class:`OutputError` for an ``OSError`` met while writing ``path``."""
+    if isinstance(exc, OutputError):
+        return exc
+    code = exc.errno
+    reason = exc.strerror or str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        message = (
+            f"cannot write {path}: disk full ({reason}); free space or raise the quota, "
+            "or choose another output directory"
+        )
+    elif code == errno.EFBIG:
+        message = (
+            f"cannot write {path}: file too large ({reason}); raise the file-size limit "
+            "('ulimit -f') or choose another output directory"
+        )
+    elif code == errno.EROFS:
+        message = (
+            f"cannot write {path}: not writable, read-only file system; mount it "
+            "read-write or choose another output directory"
+        )
+    elif code in (errno.EACCES, errno.EPERM):
+        message = (
+            f"cannot write {path}: not writable ({reason}); fix its permissions or choose "
+            "another output directory"
+        )
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        message = (
+            f"cannot write {path}: part of the path is a file, not a directory; move that "
+            "file away or choose another output directory"
+        )
+    elif code == errno.EISDIR:
+        message = f"cannot write {path}: it is a directory; remove it or choose another name"
+    else:
+        message = f"cannot write {path}: {reason}; check the output directory"
+    return OutputError(message.replace("\n", " "))
+
+
+def _read_json_or_none(path: Path) -> Any:
+    """Parsed JSON at ``path``; None if absent; OutputError if unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _output_error(path, exc) from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise OutputError(
+            f"{path} is not valid JSON: delete it or choose another output directory"
+        ) from exc
+
+
+def _describe_conflict(path: Path, existing: Any) -> str:
+    generated = existing.get("GeneratedBy") if isinstance(existing, dict) else None
+    first = generated[0] if isinstance(generated, list) and generated else None
+    if isinstance(first, dict) and first.get("Name") == PIPELINE_NAME:
+        return (
+            f"{path} was written by bids_spheres {first.get('Version', '?')} from other "
+            "inputs or settings: use a new output directory, or delete the old outputs"
+        )
+    name = existing.get("Name", "?") if isinstance(existing, dict) else "?"
+    return (
+        f"{path} belongs to another dataset ({name!r}): choose an empty or bids_spheres "
+        "output directory"
+    )
+
+
+def _upstream_generated_by(description: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """``GeneratedBy`` entries of the input dataset (legacy ``PipelineDescription`` too)."""
+    if not description:
+        return []
+    entries = description.get("GeneratedBy")
+    if entries is None and isinstance(description.get("PipelineDescription"), Mapping):
+        entries = [description["PipelineDescription"]]
+    if not isinstance(entries, list):
+        return []
+    return [dict(entry) for entry in entries if isinstance(entry, Mapping)]
