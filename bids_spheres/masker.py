@@ -471,7 +471,7 @@ class NiftiSpheresMasker(BaseEstimator):
         return np.dtype(self.dtype)
 
     def _log(self, message: str) -> None:
-        logger.info(message)
+        logger.debug(message)
         if self.verbose:
             print(f"[NiftiSpheresMasker] {message}", file=sys.stderr)
 

@@ -91,7 +91,7 @@ def participant(config: RunConfig) -> int:
             f"no run selected under {fmriprep_root}; check --participant-label, --task, "
             "--session-label, --run and --bids-filter-file"
         )
-    seed_set = seeds.load(config.seeds, default_radius=config.radius)
+    seed_set = seeds.load(config.seeds)  # radii filled per run: the table stays stable
     seeds.check_space(seed_set, config.space)
     strategy = confounds.load_strategy(config.denoise_strategy)
     log.info(
@@ -122,7 +122,6 @@ def participant(config: RunConfig) -> int:
             "Space": seed_set.space,
             "Citation": seed_set.citation,
             "Source": str(seed_set.source),
-            "DefaultRadius": config.radius,
         },
     )
 
