@@ -18,7 +18,7 @@ Promise
 
   ``meas`` is not (yet) a schema entity; it is the one BEP017 (relationship
   matrices) and giga_connectome use, and is placed just before ``desc``.
-* **Atomic writes.** Every file is written to ``.<name>.tmp<random>`` in its
+* **Atomic writes.** Every file is written to ``.<name>.tmp-<host>-<pid>-<random>`` in its
   own directory, fsynced, renamed over the target with :func:`os.replace`, and
   the directory fsynced; a reader sees the old file or the new one, never a
   part. On any exception (including ``KeyboardInterrupt``) the temporary file
@@ -59,6 +59,7 @@ import math
 import os
 import re
 import secrets
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
@@ -960,19 +961,66 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_TEMP_RE = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
 def _open_temp(target: Path) -> tuple[int, Path]:
-    """Create ``.<name>.tmp<random>`` beside ``target`` (mode 0666 & ~umask)."""
+    """Create ``.<name>.tmp-<host>-<pid>-<random>`` beside ``target`` (mode 0666 & ~umask).
+
+    The host and process id let :func:`remove_stale_temps` recognise temporary
+    files left by a process that was killed, without touching those of a live
+    process (possibly on another node of a shared file system).
+    """
     stem = target.name
-    if len(f".{stem}.tmp00000000".encode()) > _NAME_MAX:
+    tag = f"tmp-{_HOST}-{os.getpid()}-"
+    if len(f".{stem}.{tag}00000000".encode()) > _NAME_MAX:
         stem = stem[: _NAME_MAX // 2]
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     for _ in range(100):
-        tmp = target.with_name(f".{stem}.tmp{secrets.token_hex(4)}")
+        tmp = target.with_name(f".{stem}.{tag}{secrets.token_hex(4)}")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "could not create a unique temporary file", str(target))
+
+
+def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files in ``directory`` left by dead processes of this host.
+
+    Returns the paths removed. Temporary files of live processes, and of other
+    hosts, are left alone.
+    """
+    removed: list[Path] = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        match = _TEMP_RE.match(path.name)
+        if not match or match["host"] != _HOST:
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -113,6 +113,7 @@ def participant(config: RunConfig) -> int:
         dataset_links={fmriprep_name: fmriprep_root.as_uri()},
     )
     outputs.write_bidsignore(config.output_dir)
+    outputs.remove_stale_temps(config.output_dir)
     outputs.write_seed_table(
         config.output_dir,
         seed_set.to_dataframe(),
@@ -169,6 +170,7 @@ def _process(task: RunTask) -> RunResult:
         "inputs": [_file_stamp(p) for p in inputs if p is not None],
     }
     digest = outputs.params_hash(params)
+    outputs.remove_stale_temps(paths.directory)  # left by a killed earlier run
     if not config.overwrite and outputs.is_complete(paths, digest):
         log.info("finished already: %s", paths.timeseries_tsv.name)
         return RunResult(str(run.bold), "finished")

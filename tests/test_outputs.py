@@ -53,7 +53,11 @@ BOLD = {
 
 
 def _leftover_temps(directory: Path) -> list[Path]:
-    return [p for p in directory.rglob("*") if re.fullmatch(r"\..+\.tmp[0-9a-f]+", p.name)]
+    return [
+        p
+        for p in directory.rglob("*")
+        if re.fullmatch(r"\..+\.tmp-[A-Za-z0-9]+-\d+-[0-9a-f]{8}", p.name)
+    ]
 
 
 def _read_tsv(path: Path) -> pd.DataFrame:
@@ -849,3 +853,23 @@ def test_written_dataset_passes_the_bids_validator(tmp_path: Path) -> None:
     codes = {(i["code"], i["location"].rsplit("_", 1)[-1]) for i in _validate(out)}
     assert ("NOT_INCLUDED", "timeseries.tsv") in codes
     assert ("NOT_INCLUDED", "relmat.json") in codes
+
+
+def test_remove_stale_temps_only_removes_dead_local_processes(tmp_path: Path) -> None:
+    from bids_spheres.outputs import _HOST, remove_stale_temps
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".a.tsv.tmp-{_HOST}-{dead_pid}-0123abcd"
+    live = tmp_path / f".b.tsv.tmp-{_HOST}-{os.getppid()}-0123abcd"
+    other_host = tmp_path / f".c.tsv.tmp-otherhost{_HOST}-{dead_pid}-0123abcd"
+    unrelated = tmp_path / "a.tsv"
+    for p in (stale, live, other_host, unrelated):
+        p.write_text("x")
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert live.exists() and other_host.exists() and unrelated.exists()
