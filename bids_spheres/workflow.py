@@ -76,7 +76,9 @@ def participant(config: RunConfig) -> int:
 
     _raw_root, fmriprep_root = discovery.find_fmriprep_dir(config.bids_dir, config.derivatives)
     database_dir = config.bids_database_dir or config.work_dir / "bids_db"
-    layout = discovery.make_layout(fmriprep_root, database_dir)
+    layout = discovery.make_layout(
+        fmriprep_root, database_dir, input_dirs=[p for p in (config.bids_dir, raw_root) if p]
+    )
     runs = discovery.collect_runs(
         layout,
         participant_label=config.participant_label,
