@@ -74,7 +74,7 @@ def participant(config: RunConfig) -> int:
     _prepare_dir(config.output_dir, "output_dir")
     _prepare_dir(config.work_dir, "work directory")
 
-    _raw_root, fmriprep_root = discovery.find_fmriprep_dir(config.bids_dir, config.derivatives)
+    raw_root, fmriprep_root = discovery.find_fmriprep_dir(config.bids_dir, config.derivatives)
     database_dir = config.bids_database_dir or config.work_dir / "bids_db"
     layout = discovery.make_layout(
         fmriprep_root, database_dir, input_dirs=[p for p in (config.bids_dir, raw_root) if p]

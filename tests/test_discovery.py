@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat
@@ -575,10 +574,10 @@ def test_make_layout_errors(tmp_path: Path, small: DemoInfo) -> None:
         f"{small.fmriprep_dir}; inputs may be read-only, so give a --work-dir outside it"
     )
     assert not (small.fmriprep_dir / "sub-01" / "db").exists()
-    if os.geteuid() != 0:  # root ignores permissions
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        from bids_spheres.errors import OutputError
+    # a work dir that cannot be created (its parent is a file; root cannot bypass this)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    from bids_spheres.errors import OutputError
 
-        with pytest.raises(OutputError, match="give a writable --work-dir"):
-            make_layout(small.fmriprep_dir, locked / "db")
+    with pytest.raises(OutputError, match="give a writable --work-dir"):
+        make_layout(small.fmriprep_dir, blocker / "db")

@@ -314,3 +314,20 @@ def test_template_mask_missing_offline_is_clear(
     assert code == 1  # the run fails with its reason; exit 1
     assert "TEMPLATEFLOW_HOME" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "empty_tf")
+
+
+def test_demo_command_runs_both_levels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bids_spheres.demo import main as demo_main
+
+    assert demo_main([str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "signals of shape (98, 8)" in out
+    z = {
+        line.split(":")[0].split()[-1]: float(line.rsplit("=", 1)[1])
+        for line in out.splitlines()
+        if "planted pair" in line
+    }
+    assert set(z) == {"PCC-mPFC", "LMotor-RMotor"}
+    assert min(z.values()) > 1.5
+    assert float(out.split("|z| <=")[1].split()[0]) < 0.5
+    assert (tmp_path / "demo" / "bids_spheres" / "group" / "report.html").is_file()
