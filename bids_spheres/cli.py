@@ -266,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     other = parser.add_argument_group("execution")
     other.add_argument("--nprocs", type=_positive_int, default=1, help="runs processed at once")
     other.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="run each BOLD run as a task on this existing Dask distributed scheduler "
+        "(e.g. tcp://10.0.0.5:8786; needs bids_spheres[dask])",
+    )
+    other.add_argument(
         "--work-dir",
         "-w",
         type=Path,

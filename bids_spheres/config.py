@@ -70,6 +70,7 @@ class RunConfig:
     max_mean_fd: float = 0.5
     min_volumes: int = 50
     nprocs: int = 1
+    dask_scheduler: str | None = None
     bids_database_dir: Path | None = None
     overwrite: bool = False
     skip_bids_validator: bool = False
@@ -146,6 +147,7 @@ class RunConfig:
             max_mean_fd=args.max_mean_fd,
             min_volumes=args.min_volumes,
             nprocs=args.nprocs,
+            dask_scheduler=getattr(args, "dask_scheduler", None),
             bids_database_dir=(
                 Path(args.bids_database_dir).absolute() if args.bids_database_dir else None
             ),

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from bids_spheres.errors import (
     MissingInputError,
     NothingSelectedError,
     OutputError,
+    UsageError,
     ValidationError,
 )
 
@@ -129,8 +130,7 @@ def participant(config: RunConfig) -> int:
     )
 
     tasks = [RunTask(config, run, seed_set, strategy, fmriprep_name) for run in runs]
-    results = list(_execute(tasks, config.nprocs))
-    return _report(results)
+    return _report(_execute(tasks, config.nprocs, config.dask_scheduler))
 
 
 def group(config: RunConfig) -> int:
@@ -356,28 +356,110 @@ def _process(task: RunTask) -> RunResult:
     )
 
 
-def _execute(tasks: list[RunTask], nprocs: int) -> Iterator[RunResult]:
+def _execute(
+    tasks: list[RunTask], nprocs: int, dask_scheduler: str | None = None
+) -> Iterator[RunResult]:
+    """Yield one RunResult per task as runs finish: inline, in a process pool, or on Dask.
+
+    At most ``_WINDOW`` runs per worker are in flight at once, so the
+    coordinating process holds a bounded number of futures whatever the
+    number of runs.
+    """
     progress = _progress(len(tasks))
     try:
-        if nprocs <= 1 or len(tasks) <= 1:
+        if dask_scheduler:
+            yield from _execute_dask(tasks, dask_scheduler, progress)
+        elif nprocs <= 1 or len(tasks) <= 1:
             for task in tasks:
                 result = process_run(task)
                 progress.update(1)
                 yield result
-            return
-        with ProcessPoolExecutor(max_workers=nprocs) as pool:
-            futures = {pool.submit(process_run, task): task for task in tasks}
-            for future in as_completed(futures):
-                try:
-                    result = future.result()
-                except Exception as exc:  # a worker died (killed, out of memory)
-                    task = futures[future]
-                    result = RunResult(str(task.run.bold), "failed", _one_line(exc))
-                    log.error("FAILED %s: %s", task.run.bold.name, result.reason)
-                progress.update(1)
-                yield result
+        else:
+            with ProcessPoolExecutor(max_workers=nprocs) as pool:
+                yield from _windowed(
+                    tasks, lambda t: pool.submit(process_run, t), nprocs, progress
+                )
     finally:
         progress.close()
+
+
+_WINDOW = 4
+
+
+def _windowed(
+    tasks: list[RunTask], submit: Any, n_workers: int, progress: Any
+) -> Iterator[RunResult]:
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending: dict[Any, RunTask] = {}
+    queue = iter(tasks)
+    limit = max(1, n_workers) * _WINDOW
+    for task in queue:
+        pending[submit(task)] = task
+        if len(pending) >= limit:
+            break
+    while pending:
+        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        for future in done:
+            task = pending.pop(future)
+            yield _result_of(future, task)
+            progress.update(1)
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending[submit(nxt)] = nxt
+
+
+def _execute_dask(tasks: list[RunTask], address: str, progress: Any) -> Iterator[RunResult]:
+    """Submit one task per run to an existing ``distributed`` cluster.
+
+    The same :func:`process_run` as the local pool runs on the workers. A run
+    on a worker that dies is rescheduled by the scheduler on another worker
+    (``retries`` covers errors raised while it runs); outputs are atomic and
+    idempotent, so a run computed twice writes identical files.
+    """
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:
+        raise UsageError(
+            "--dask-scheduler needs the 'distributed' package: pip install 'bids_spheres[dask]'"
+        ) from exc
+    try:
+        client = Client(address)  # timeout: dask config distributed.comm.timeouts.connect
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(
+            f"cannot connect to the Dask scheduler at {address} ({exc}); check the address "
+            "and that the scheduler is running"
+        ) from exc
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        queue = iter(tasks)
+        owner: dict[str, RunTask] = {}
+
+        def submit(task: RunTask) -> Any:
+            future = client.submit(process_run, task, pure=False, retries=2)
+            owner[future.key] = task
+            return future
+
+        first = [submit(t) for _, t in zip(range(n_workers * _WINDOW), queue, strict=False)]
+        stream = as_completed(first)
+        for future in stream:
+            task = owner.pop(future.key)
+            yield _result_of(future, task)
+            future.release()
+            progress.update(1)
+            nxt = next(queue, None)
+            if nxt is not None:
+                stream.add(submit(nxt))
+    finally:
+        client.close()
+
+
+def _result_of(future: Any, task: RunTask) -> RunResult:
+    try:
+        return future.result()
+    except Exception as exc:  # a worker died (killed, out of memory) too often
+        log.error("FAILED %s: %s", task.run.bold.name, _one_line(exc))
+        return RunResult(str(task.run.bold), "failed", _one_line(exc))
 
 
 class _PlainProgress:
@@ -401,13 +483,15 @@ def _progress(total: int) -> Any:
 
 
 def _report(results: Iterable[RunResult]) -> int:
-    results = list(results)
+    """Count results as they stream in; keep only the failed ones."""
     counts: dict[str, int] = {}
+    failed: list[RunResult] = []
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
+        if r.status == "failed":
+            failed.append(r)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     log.info("done: %s", summary)
-    failed = [r for r in results if r.status == "failed"]
     for r in failed:
         print(f"bids_spheres: run failed: {r.label}: {r.reason}", file=sys.stderr)
     return 1 if failed else 0
