@@ -169,6 +169,10 @@ class RunInputs:
         The fMRIPrep dataset the run comes from.
     aroma_bold : Path or None
         The ``desc-smoothAROMAnonaggr_bold`` of the same run, space and resolution.
+    problem : str or None
+        Why this run cannot be processed (e.g. no usable repetition time), found
+        during discovery; the run is reported as failed with this reason while the
+        other runs go on. ``t_r`` is NaN then.
     """
 
     bold: Path
@@ -180,6 +184,7 @@ class RunInputs:
     sidecar: Path | None
     fmriprep_root: Path
     aroma_bold: Path | None = None
+    problem: str | None = None
 
     @property
     def label(self) -> str:
@@ -617,17 +622,23 @@ def collect_runs(
         run_key, grid_key = _run_key(ents), _grid_key(ents)
         public = {k: v for k, v in sorted(ents.items(), key=_entity_order)}
         public = {k: v for k, v in public.items() if k not in _ROLE_ENTITIES}
+        problem = None
+        try:
+            t_r = _repetition_time(path, metadata[path])
+        except DataError as exc:  # this run fails with its reason; the others go on
+            t_r, problem = float("nan"), str(exc)
         runs.append(
             RunInputs(
                 bold=Path(path),
                 mask=companions.get(("mask", run_key, grid_key)),
                 confounds=companions.get(("confounds", run_key, None)),
                 confounds_json=companions.get(("confounds_json", run_key, None)),
-                t_r=_repetition_time(path, metadata[path]),
+                t_r=t_r,
                 entities=public,
                 sidecar=companions.get(("sidecar", run_key, grid_key)),
                 fmriprep_root=root,
                 aroma_bold=companions.get(("aroma", run_key, grid_key)),
+                problem=problem,
             )
         )
     runs.sort(key=lambda r: _sort_key(r.entities))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -177,6 +178,8 @@ def _process(task: RunTask) -> RunResult:
         log.info("finished already: %s", paths.timeseries_tsv.name)
         return RunResult(str(run.bold), "finished")
 
+    if run.problem:
+        raise DataError(run.problem)
     source = reading.open_source(run.bold)
     if source.ndim != 4 or source.n_volumes < 2:
         raise DataError(
@@ -264,7 +267,12 @@ def _process(task: RunTask) -> RunResult:
         t_r=run.t_r,
         dtype=np.float32,
     )
-    signals, raw = masker.fit()._transform(bold_input, confound_matrix, sample_mask)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        signals, raw = masker.fit()._transform(bold_input, confound_matrix, sample_mask)
+    run_warnings = sorted({" ".join(str(w.message).split()) for w in caught})
+    for message in run_warnings:
+        log.warning("%s: %s", run.bold.name, message)
     table = np.full((signals.shape[0], len(seed_set)), np.nan, dtype=np.float64)
     table[:, usable] = signals
     relmat = _correlation(table)
@@ -305,6 +313,7 @@ def _process(task: RunTask) -> RunResult:
         "Mask": mask_source,
         "Seeds": seed_info,
         "MissingSeeds": missing,
+        "Warnings": run_warnings,
         "NumberOfVolumes": source.n_volumes,
         "KeptVolumes": kept.tolist(),
         "NonSteadyStateVolumes": (
