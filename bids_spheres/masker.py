@@ -39,8 +39,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
-from scipy import ndimage, sparse
+from scipy import sparse
 
 from bids_spheres import reading, spheres
 from bids_spheres import signal as _signal
@@ -582,6 +581,8 @@ def _resample_mask(
     if mask.shape == tuple(shape) and np.allclose(mask_img.affine, affine):
         return mask
     # Nearest-neighbour resampling to the target grid, as nilearn's resample_img does.
+    from scipy import ndimage
+
     transform = np.linalg.inv(mask_img.affine) @ affine
     out = ndimage.affine_transform(
         mask.astype(np.float32),
@@ -610,7 +611,7 @@ def _make_memory(memory: Any) -> Any:
 
 
 def _load_confounds(confounds: Any, n_volumes: int) -> np.ndarray:
-    if isinstance(confounds, pd.DataFrame):
+    if type(confounds).__name__ == "DataFrame" and hasattr(confounds, "to_numpy"):
         arr = confounds.to_numpy(dtype=np.float64)
         where = "the confounds DataFrame"
     elif isinstance(confounds, (str, os.PathLike)):
@@ -653,6 +654,8 @@ def _read_confounds_file(path: Path) -> np.ndarray:
         return True
 
     header = 0 if not all(_numeric(t) for t in tokens) else None
+    import pandas as pd  # imported here: ~0.4 s, only needed for confounds files
+
     try:
         frame = pd.read_csv(path, sep=sep, header=header, na_values=["n/a", "N/A"])
         return frame.to_numpy(dtype=np.float64)
