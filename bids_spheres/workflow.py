@@ -242,6 +242,18 @@ def _process(task: RunTask) -> RunResult:
         if selection.confounds.shape[1] > 0:
             confound_matrix = selection.confounds.to_numpy(dtype=np.float64)
         sample_mask = selection.sample_mask
+        # degrees of freedom: confounds + mean + trend must leave something to clean
+        n_regressors = selection.confounds.shape[1] + (2 if config.detrend else 1)
+        if selection.n_kept <= n_regressors:
+            raise confounds.TooFewVolumesError(
+                run.confounds,
+                selection.n_volumes,
+                selection.n_kept,
+                n_regressors + 1,
+                f"{run.bold.name} keeps {selection.n_kept} volumes but strategy "
+                f"{strategy.name} regresses {selection.confounds.shape[1]} confounds (plus mean "
+                "and trend): no degrees of freedom left; use a lighter --denoise-strategy",
+            )
 
     from bids_spheres.masker import NiftiSpheresMasker
 
