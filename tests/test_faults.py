@@ -363,3 +363,25 @@ def test_masker_invariants(n_vol: int, n_seeds: int, radius, seed: int) -> None:
         standardize="zscore",
     ).fit_transform(img)
     np.testing.assert_array_equal(permuted, out[:, order])
+
+
+def test_run_without_degrees_of_freedom_is_skipped(tmp_path: Path, capsys) -> None:
+    short = build_dataset(tmp_path / "short", n_subjects=1, n_runs=1, n_volumes=40)
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(short.root),
+            str(out),
+            "participant",
+            "--seeds",
+            str(short.seeds_tsv),
+            "--denoise-strategy",
+            "36p",
+            "--work-dir",
+            str(tmp_path / "w"),
+        ]
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "no degrees of freedom left" in err and "skipped" in err
+    assert not _outputs(out)
