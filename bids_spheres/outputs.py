@@ -113,6 +113,7 @@ BIDSIGNORE_PATTERNS = (
     "*_timeseries.*",
     "*_relmat.*",
     "atlas-*_seeds.*",
+    "group",
     LOCK_NAME,
 )
 
