@@ -138,6 +138,15 @@ def group(config: RunConfig) -> int:
     """Run the group level (reads only what the participant level wrote)."""
     from bids_spheres import group as group_level
 
+    _prepare_dir(config.work_dir, "work directory")
+    configured = os.environ.get("MPLCONFIGDIR")
+    if not configured or not os.access(configured, os.W_OK):
+        # matplotlib needs a writable cache; under `docker run --read-only` neither HOME nor
+        # /tmp may be writable, the work directory is.
+        cache = config.work_dir / "matplotlib"
+        cache.mkdir(parents=True, exist_ok=True)
+        os.environ["MPLCONFIGDIR"] = str(cache)
+
     return group_level.run(config)
 
 
