@@ -140,6 +140,11 @@ def group(config: RunConfig) -> int:
 
     _prepare_dir(config.work_dir, "work directory")
     configured = os.environ.get("MPLCONFIGDIR")
+    if configured:
+        try:
+            Path(configured).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            configured = None
     if not configured or not os.access(configured, os.W_OK):
         # matplotlib needs a writable cache; under `docker run --read-only` neither HOME nor
         # /tmp may be writable, the work directory is.
