@@ -13,7 +13,9 @@ of volumes (``block_bytes``, 8 MiB by default) plus the requested voxels:
 * files are read straight from disk in on-disk order with ``readinto`` into a
   reused buffer; gzip files are inflated as a stream with ``isal`` (Intel
   ISA-L, about twice as fast as the standard library) when installed, else
-  with :mod:`gzip`;
+  with :mod:`gzip`; from an uncompressed file only the part of each volume
+  that holds the requested voxels is read (seeking forward only, so still
+  one pass in on-disk order);
 * the on-disk data type and byte order, ``scl_slope`` and ``scl_inter`` are
   honoured exactly as nibabel applies them, and computation is float64;
 * an image already in memory is used as it is (no copy of the 4D array).
@@ -42,6 +44,10 @@ try:  # pragma: no cover - exercised when isal is installed
     from isal import igzip as _fast_gzip
 except ImportError:  # pragma: no cover
     _fast_gzip = None
+try:  # pragma: no cover - isal's C gzip reader (private; used only when present)
+    from isal.isal_zlib import _GzipReader as _IsalGzipReader
+except ImportError:  # pragma: no cover
+    _IsalGzipReader = None
 
 __all__ = [
     "ReduceResult",
@@ -191,8 +197,8 @@ class VolumeSource:
         ReduceResult
         """
         voxels = np.asarray(voxels, dtype=np.int64)
-        weights_t = sparse.csr_matrix(weights, dtype=np.float64).T.tocsr()
-        out = np.empty((self.n_volumes, weights_t.shape[1]), dtype=np.float64)
+        weights = sparse.csr_matrix(weights, dtype=np.float64)
+        out = np.empty((self.n_volumes, weights.shape[0]), dtype=np.float64)
         n_nonfinite = 0
         t0 = 0
         for block in self.iter_voxel_blocks(voxels, block_bytes=block_bytes):
@@ -200,7 +206,7 @@ class VolumeSource:
             if bad.any():
                 n_nonfinite += int(np.count_nonzero(bad))
                 block[bad] = 0.0
-            out[t0 : t0 + block.shape[0]] = np.asarray(weights_t.T @ block.T).T
+            out[t0 : t0 + block.shape[0]] = (weights @ block.T).T
             t0 += block.shape[0]
         return ReduceResult(signals=out, n_nonfinite=n_nonfinite)
 
@@ -345,11 +351,42 @@ def _iter_memory_blocks(
     yield np.ascontiguousarray(gathered.T)
 
 
-def _open_raw(path: str) -> io.BufferedIOBase:
+class _InflatingReader:
+    """isal's C gzip reader over an open file: ``readinto`` inflates straight into the
+    caller's buffer (``isal.igzip.open(...).readinto`` goes through ``read`` and copies)."""
+
+    def __init__(self, path: str):
+        self._fp = open(path, "rb", buffering=0)
+        try:
+            self._reader = _IsalGzipReader(self._fp, _fast_gzip.READ_BUFFER_SIZE)
+        except BaseException:
+            self._fp.close()
+            raise
+
+    def readinto(self, view: memoryview) -> int:
+        return self._reader.readinto(view)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        raise io.UnsupportedOperation("seek")
+
+    def close(self) -> None:
+        self._fp.close()
+
+    def __enter__(self) -> _InflatingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_raw(path: str) -> Any:
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == _GZIP_MAGIC:
-        return gzip_opener()(path, "rb")
+        opener = gzip_opener()
+        if _IsalGzipReader is not None and opener is _fast_gzip.open:
+            return _InflatingReader(path)
+        return opener(path, "rb")
     return open(path, "rb", buffering=0)
 
 
@@ -393,8 +430,7 @@ def _iter_file_blocks(
     shape3 = tuple(int(n) for n in img.shape[:3])
     vol_items = int(np.prod(shape3))
     vol_bytes = vol_items * dtype.itemsize
-    per_block = max(1, min(n_vol, block_bytes // max(vol_bytes, 1)))
-    buf = bytearray(per_block * vol_bytes)
+    offset = int(proxy.offset)
     slope, inter = _scaling(img)
     try:
         fh = _open_raw(path)
@@ -402,20 +438,35 @@ def _iter_file_blocks(
         raise ValueError(f"cannot open {path}: {exc}") from exc
     with fh:
         try:
-            _skip(fh, int(proxy.offset), path)
-            done = 0
-            while done < n_vol:
-                n = min(per_block, n_vol - done)
-                view = memoryview(buf)[: n * vol_bytes]
-                _read_exact(fh, view, path)
-                raw = np.frombuffer(view, dtype=dtype).reshape(n, vol_items)
+            span = _voxel_span(voxels, vol_items) if isinstance(fh, io.FileIO) else None
+            if span is None:
+                row_items = vol_items
+                blocks = _read_volumes(
+                    fh, offset, n_vol, vol_bytes, 0, vol_bytes, block_bytes, path
+                )
+            else:
+                # Uncompressed file: read only the part of each volume holding the voxels.
+                first, last = span
+                voxels = voxels - first
+                row_items = last - first
+                blocks = _read_volumes(
+                    fh,
+                    offset,
+                    n_vol,
+                    vol_bytes,
+                    first * dtype.itemsize,
+                    row_items * dtype.itemsize,
+                    block_bytes,
+                    path,
+                )
+            for view, n in blocks:
+                raw = np.frombuffer(view, dtype=dtype).reshape(n, row_items)
                 block = raw if voxels is None else raw[:, voxels]
                 block = block.astype(np.float64)
                 if slope != 1.0:
                     block *= slope
                 if inter != 0.0:
                     block += inter
-                done += n
                 yield block
         except GeneratorExit:
             raise
@@ -426,3 +477,55 @@ def _iter_file_blocks(
                 f"cannot read the data of {path} ({type(exc).__name__}: {exc}); "
                 "the file is incomplete or corrupt, re-copy or regenerate it"
             ) from exc
+
+
+def _voxel_span(voxels: np.ndarray | None, vol_items: int) -> tuple[int, int] | None:
+    """[first, last) flat indices holding every requested voxel, if shorter than a volume."""
+    if voxels is None or voxels.size == 0:
+        return None
+    first, last = int(voxels.min()), int(voxels.max()) + 1
+    return (first, last) if last - first < vol_items else None
+
+
+def _read_volumes(
+    fh: Any,
+    offset: int,
+    n_vol: int,
+    vol_bytes: int,
+    start: int,
+    length: int,
+    block_bytes: int,
+    path: str,
+) -> Iterator[tuple[memoryview, int]]:
+    """Yield (bytes ``[start, start + length)`` of ``n`` successive volumes, n).
+
+    Whole volumes (``length == vol_bytes``) are read as one stream, in blocks of
+    about ``block_bytes`` in one reused buffer. Parts of volumes are read from an
+    uncompressed file one volume at a time, seeking forward only, so the file is
+    still read once, in on-disk order; its size is checked first, so truncation
+    is reported even when the missing bytes would not have been read.
+    """
+    whole = start == 0 and length == vol_bytes
+    # Parts of volumes are read one volume at a time (one seek each anyway): a
+    # buffer of one part stays in cache for the gather that follows.
+    per_block = max(1, min(n_vol, block_bytes // max(length, 1))) if whole else 1
+    buf = bytearray(per_block * length)
+    if whole:
+        _skip(fh, offset, path)
+    elif os.fstat(fh.fileno()).st_size < offset + n_vol * vol_bytes:
+        raise ValueError(
+            f"{path} is truncated: the header promises more data than the file holds; "
+            "the file is incomplete or corrupt, re-copy or regenerate it"
+        )
+    done = 0
+    while done < n_vol:
+        n = min(per_block, n_vol - done)
+        view = memoryview(buf)[: n * length]
+        if whole:
+            _read_exact(fh, view, path)
+        else:
+            for i in range(n):
+                fh.seek(offset + (done + i) * vol_bytes + start)
+                _read_exact(fh, view[i * length : (i + 1) * length], path)
+        done += n
+        yield view, n

@@ -25,9 +25,10 @@ the sphere our spheres are one voxel smaller than nilearn's.
 Voxel indices are flat indices in NIfTI on-disk order (Fortran order: ``i``
 varies fastest), so a reader can gather them straight from a volume's bytes.
 
-Geometry is vectorised (no Python loop over voxels; one small loop over seeds
-over each seed's bounding box) and memoised on (affine, shape, mask, seeds,
-radii): computing it again for the next run on the same grid costs a lookup.
+Geometry is vectorised (no Python loop over voxels or seeds: the bounding boxes
+of all seeds whose boxes have the same size are examined together) and memoised
+on (affine, shape, mask, seeds, radii): computing it again for the next run on
+the same grid costs a lookup.
 This module knows nothing of files, BIDS or cleaning.
 """
 
@@ -51,6 +52,7 @@ __all__ = [
 
 _REL_TOL = 1e-9
 _CACHE_SIZE = 16
+_CHUNK_POINTS = 1 << 18  # candidate voxels examined at once by _compute
 _cache: OrderedDict[bytes, SphereGeometry] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -308,46 +310,67 @@ def _compute(
     inv_rot = inv[:3, :3]
     seed_vox = seeds @ inv_rot.T + inv[:3, 3]
     nearest = np.rint(seed_vox).astype(np.int64)
-    # Half-extent of a sphere's bounding box along each voxel axis, per mm.
+    # Each seed's candidate voxels: a bounding box along the voxel axes.
     extent_per_mm = np.sqrt(np.sum(inv_rot**2, axis=1))
-    grid = np.asarray(shape)
+    half = radii[:, np.newaxis] * extent_per_mm
+    lo = np.floor(seed_vox - half).astype(np.int64) - 1
+    hi = np.ceil(seed_vox + half).astype(np.int64) + 2
+    widths = hi - lo
+    n_seeds = len(seeds)
+    r2 = radii * radii * (1 + _REL_TOL) + 1e-12
 
+    # Seeds whose boxes have the same size share one array of box offsets and are
+    # handled together, in chunks that bound memory. A candidate's offset from its
+    # seed is (box corner - seed) + (offset in the box), both in mm.
+    full_sizes = np.zeros(n_seeds, dtype=np.int64)
+    strides = np.array([1, shape[0], shape[0] * shape[1]], dtype=np.int64)  # Fortran order
+    corner_mm = lo @ rot.T + affine[:3, 3] - seeds
+    corner_flat = lo @ strides
+    near_in_box = nearest - lo
+    mask_flat = None if mask is None else np.ravel(mask, order="F")
     row_parts: list[np.ndarray] = []
-    col_parts: list[np.ndarray] = []
-    full_sizes = np.zeros(len(seeds), dtype=np.int64)
-    for s in range(len(seeds)):
-        r = radii[s]
-        half = r * extent_per_mm
-        lo = np.floor(seed_vox[s] - half).astype(np.int64) - 1
-        hi = np.ceil(seed_vox[s] + half).astype(np.int64) + 2
-        axes = [np.arange(lo[a], hi[a]) for a in range(3)]
-        ii, jj, kk = np.meshgrid(*axes, indexing="ij")
-        ijk = np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1)
-        world = ijk @ rot.T + affine[:3, 3]
-        d2 = np.sum((world - seeds[s]) ** 2, axis=1)
-        inside = d2 <= r * r * (1 + _REL_TOL) + 1e-12
-        is_nearest = np.all(ijk == nearest[s], axis=1)
-        inside |= is_nearest
-        full_sizes[s] = int(np.count_nonzero(inside))
-        in_grid = np.all((ijk >= 0) & (ijk < grid), axis=1)
-        keep = inside & in_grid
-        ijk_keep = ijk[keep]
-        if mask is not None and ijk_keep.size:
-            ijk_keep = ijk_keep[mask[tuple(ijk_keep.T)]]
-        flat = (
-            np.ravel_multi_index(tuple(ijk_keep.T), shape, order="F")
-            if ijk_keep.size
-            else (np.zeros(0, dtype=np.int64))
-        )
-        row_parts.append(np.full(flat.size, s, dtype=np.int64))
-        col_parts.append(flat)
+    flat_parts: list[np.ndarray] = []
+    unique_widths, group_of = np.unique(widths, axis=0, return_inverse=True)
+    group_of = group_of.reshape(-1)
+    for g, width in enumerate(unique_widths):
+        members = np.flatnonzero(group_of == g)
+        axes = [np.arange(w, dtype=np.int64) for w in width]
+        offsets = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        offsets_mm = offsets @ rot.T
+        offsets_flat = offsets @ strides
+        per_chunk = max(1, _CHUNK_POINTS // len(offsets))
+        for start in range(0, members.size, per_chunk):
+            chunk = members[start : start + per_chunk]
+            diff = corner_mm[chunk][:, np.newaxis, :] + offsets_mm
+            inside = np.sum(diff**2, axis=2) <= r2[chunk][:, np.newaxis]
+            near = near_in_box[chunk]
+            near_idx = (near[:, 0] * width[1] + near[:, 1]) * width[2] + near[:, 2]
+            inside[np.arange(chunk.size), near_idx] = True
+            full_sizes[chunk] = np.count_nonzero(inside, axis=1)
+            in_axis = [
+                (lo[chunk, a][:, np.newaxis] + axes[a] >= 0)
+                & (lo[chunk, a][:, np.newaxis] + axes[a] < shape[a])
+                for a in range(3)
+            ]
+            in_grid = (
+                in_axis[0][:, :, np.newaxis, np.newaxis]
+                & in_axis[1][:, np.newaxis, :, np.newaxis]
+                & in_axis[2][:, np.newaxis, np.newaxis, :]
+            ).reshape(chunk.size, -1)
+            seed_idx, box_idx = np.nonzero(inside & in_grid)
+            flat = corner_flat[chunk][seed_idx] + offsets_flat[box_idx]
+            if mask_flat is not None:
+                in_mask = mask_flat[flat]
+                seed_idx, flat = seed_idx[in_mask], flat[in_mask]
+            row_parts.append(chunk[seed_idx])
+            flat_parts.append(flat)
 
     rows = np.concatenate(row_parts) if row_parts else np.zeros(0, dtype=np.int64)
-    cols = np.concatenate(col_parts) if col_parts else np.zeros(0, dtype=np.int64)
+    cols = np.concatenate(flat_parts) if flat_parts else np.zeros(0, dtype=np.int64)
     voxels, inverse = np.unique(cols, return_inverse=True)
     matrix = sparse.csr_matrix(
         (np.ones(rows.size, dtype=bool), (rows, inverse.reshape(-1))),
-        shape=(len(seeds), voxels.size),
+        shape=(n_seeds, voxels.size),
     )
     sizes = np.asarray(matrix.sum(axis=1)).ravel().astype(np.int64)
     return SphereGeometry(
