@@ -77,19 +77,11 @@ def participant(config: RunConfig) -> int:
     _prepare_dir(config.work_dir, "work directory")
 
     raw_root, fmriprep_root = discovery.find_fmriprep_dir(config.bids_dir, config.derivatives)
-    database_dir = config.bids_database_dir or config.work_dir / "bids_db"
-    layout = discovery.make_layout(
-        fmriprep_root, database_dir, input_dirs=[p for p in (config.bids_dir, raw_root) if p]
-    )
-    runs = discovery.collect_runs(
-        layout,
-        participant_label=config.participant_label,
-        session_label=config.session_label,
-        task=config.task,
-        run=config.run,
-        space=config.space_with_res,
-        bids_filters=config.bids_filters,
-    )
+    # The pybids index grows with the input tree (~40 KB per run); building and querying
+    # it in a short-lived child keeps the coordinating process small: it only receives
+    # the list of runs.
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        runs = pool.submit(_discover, config, raw_root, fmriprep_root).result()
     if not runs:
         raise NothingSelectedError(
             f"no run selected under {fmriprep_root}; check --participant-label, --task, "
@@ -153,6 +145,25 @@ def group(config: RunConfig) -> int:
         os.environ["MPLCONFIGDIR"] = str(cache)
 
     return group_level.run(config)
+
+
+def _discover(
+    config: RunConfig, raw_root: Path | None, fmriprep_root: Path
+) -> list[discovery.RunInputs]:
+    """Index the fMRIPrep dataset and select the runs (runs in a child process)."""
+    database_dir = config.bids_database_dir or config.work_dir / "bids_db"
+    layout = discovery.make_layout(
+        fmriprep_root, database_dir, input_dirs=[p for p in (config.bids_dir, raw_root) if p]
+    )
+    return discovery.collect_runs(
+        layout,
+        participant_label=config.participant_label,
+        session_label=config.session_label,
+        task=config.task,
+        run=config.run,
+        space=config.space_with_res,
+        bids_filters=config.bids_filters,
+    )
 
 
 def process_run(task: RunTask) -> RunResult:
