@@ -80,8 +80,13 @@ def participant(config: RunConfig) -> int:
     # The pybids index grows with the input tree (~40 KB per run); building and querying
     # it in a short-lived child keeps the coordinating process small: it only receives
     # the list of runs.
-    with ProcessPoolExecutor(max_workers=1) as pool:
-        runs = pool.submit(_discover, config, raw_root, fmriprep_root).result()
+    try:
+        pool = ProcessPoolExecutor(max_workers=1)
+    except (OSError, NotImplementedError, ImportError):  # no working multiprocessing here
+        runs = _discover(config, raw_root, fmriprep_root)
+    else:
+        with pool:
+            runs = pool.submit(_discover, config, raw_root, fmriprep_root).result()
     if not runs:
         raise NothingSelectedError(
             f"no run selected under {fmriprep_root}; check --participant-label, --task, "
