@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from bids_spheres import __version__
-from bids_spheres.errors import BidsSpheresError
+from bids_spheres.errors import BidsSpheresError, one_line
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BidsSpheresError as exc:
         if args.verbose >= 2:
             log.exception("details")
-        print(f"bids_spheres: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"bids_spheres: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("bids_spheres: interrupted", file=sys.stderr)
@@ -332,15 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose >= 2:
             log.exception("details")
         print(
-            f"bids_spheres: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            f"bids_spheres: internal error: {type(exc).__name__}: {one_line(exc)} "
             "(rerun with -vv for the traceback and report it)",
             file=sys.stderr,
         )
         return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class _StderrHandler(logging.StreamHandler):

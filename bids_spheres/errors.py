@@ -53,3 +53,8 @@ class OutputError(BidsSpheresError, OSError):
     """The output or work directory cannot be created or written (exit 73)."""
 
     exit_code = 73
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (whitespace collapsed), or its type name."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bids_spheres.errors import MissingInputError, OutputError
+from bids_spheres.errors import MissingInputError, OutputError, one_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -420,8 +420,8 @@ class _Combination:
             if not isinstance(sidecar, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
-            reasons.append(f"unreadable sidecar ({_one_line(exc)})")
-            log.warning("cannot read %s: %s", files.timeseries_json, _one_line(exc))
+            reasons.append(f"unreadable sidecar ({one_line(exc)})")
+            log.warning("cannot read %s: %s", files.timeseries_json, one_line(exc))
             return None
         return sidecar
 
@@ -508,8 +508,8 @@ class _Combination:
                 reasons.append("no correlation matrix and no timeseries TSV")
                 return
         except (OSError, ValueError) as exc:
-            reasons.append(f"unreadable {source.name} ({_one_line(exc)})")
-            log.warning("cannot read %s: %s", source, _one_line(exc))
+            reasons.append(f"unreadable {source.name} ({one_line(exc)})")
+            log.warning("cannot read %s: %s", source, one_line(exc))
             return
         for name in names:
             if name not in self.index:
@@ -902,7 +902,3 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 def _json_name(tsv_name: str) -> str:
     return tsv_name[: -len(".tsv")] + ".json"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -118,23 +118,6 @@ class SphereGeometry:
         row = self.matrix.getrow(index)
         return self.voxels[row.indices]
 
-    def subset(self, keep: np.ndarray) -> SphereGeometry:
-        """Geometry of the spheres ``keep`` (indices or boolean), voxels re-indexed."""
-        keep = np.asarray(keep)
-        if keep.dtype == bool:
-            keep = np.flatnonzero(keep)
-        matrix = self.matrix[keep]
-        used = np.unique(matrix.indices)
-        return SphereGeometry(
-            shape=self.shape,
-            affine=self.affine,
-            voxels=self.voxels[used],
-            matrix=matrix[:, used].tocsr(),
-            sizes=self.sizes[keep],
-            full_sizes=self.full_sizes[keep],
-            nearest=self.nearest[keep],
-        )
-
 
 def membership(
     seeds: np.ndarray,

@@ -38,6 +38,7 @@ from bids_spheres.errors import (
     OutputError,
     UsageError,
     ValidationError,
+    one_line,
 )
 
 __all__ = ["RunResult", "RunTask", "group", "participant", "process_run"]
@@ -177,11 +178,11 @@ def process_run(task: RunTask) -> RunResult:
     try:
         return _process(task)
     except confounds.TooFewVolumesError as exc:
-        log.warning("skipped %s: %s", run.bold.name, _one_line(exc))
-        return RunResult(str(run.bold), "skipped", _one_line(exc))
+        log.warning("skipped %s: %s", run.bold.name, one_line(exc))
+        return RunResult(str(run.bold), "skipped", one_line(exc))
     except (BidsSpheresError, ValueError, OSError, TypeError) as exc:
-        log.error("FAILED %s: %s", run.bold.name, _one_line(exc))
-        return RunResult(str(run.bold), "failed", _one_line(exc))
+        log.error("FAILED %s: %s", run.bold.name, one_line(exc))
+        return RunResult(str(run.bold), "failed", one_line(exc))
 
 
 # --------------------------------------------------------------------------
@@ -509,8 +510,8 @@ def _result_of(future: Any, task: RunTask) -> RunResult:
     try:
         return future.result()
     except Exception as exc:  # a worker died (killed, out of memory) too often
-        log.error("FAILED %s: %s", task.run.bold.name, _one_line(exc))
-        return RunResult(str(task.run.bold), "failed", _one_line(exc))
+        log.error("FAILED %s: %s", task.run.bold.name, one_line(exc))
+        return RunResult(str(task.run.bold), "failed", one_line(exc))
 
 
 class _PlainProgress:
@@ -670,7 +671,3 @@ def _prepare_dir(path: Path, what: str) -> None:
         ) from exc
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"the {what} {path} is not writable; choose a writable location")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
