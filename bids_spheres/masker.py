@@ -316,27 +316,13 @@ class NiftiSpheresMasker(BaseEstimator):
 
     def _validate_params(self) -> None:
         _signal._check_standardize(self.standardize)
-        for name in ("low_pass", "high_pass"):
+        for name, unit in (("low_pass", "Hz"), ("high_pass", "Hz"), ("t_r", "seconds")):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and value > 0):
                 raise ValueError(
-                    f"{name} must be a positive frequency in Hz or None, got {value!r}"
+                    f"{name} must be a positive number of {unit} or None, got {value!r}"
                 )
-        if self.t_r is not None and not (_is_number(self.t_r) and self.t_r > 0):
-            raise ValueError(f"t_r must be a positive number of seconds or None, got {self.t_r!r}")
-        if (self.low_pass is not None or self.high_pass is not None) and self.t_r is None:
-            raise ValueError(
-                f"t_r (repetition time, seconds) is required to filter signals "
-                f"(low_pass={self.low_pass}, high_pass={self.high_pass}); pass t_r="
-            )
-        if (
-            self.low_pass is not None
-            and self.high_pass is not None
-            and self.high_pass >= self.low_pass
-        ):
-            raise ValueError(
-                f"high_pass ({self.high_pass} Hz) must be lower than low_pass ({self.low_pass} Hz)"
-            )
+        _signal._check_filter(self.low_pass, self.high_pass, self.t_r)  # t_r needed, band order
         fwhm = self.smoothing_fwhm
         if fwhm is not None:
             arr = np.asarray(fwhm, dtype=float) if _is_numeric_like(fwhm) else None
