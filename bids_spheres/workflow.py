@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from bids_spheres import __version__, confounds, discovery, outputs, reading, seeds, spheres
@@ -297,6 +298,9 @@ def _process(task: RunTask) -> RunResult:
                 "--use-aroma or choose another --denoise-strategy"
             )
         bold_input = run.aroma_bold
+    if mask_array is not None and bold_input is run.bold:
+        # the mask already read and put on this grid above: not read and resampled again
+        mask_img = nib.Nifti1Image(mask_array.astype(np.uint8), source.affine)
     masker = NiftiSpheresMasker(
         [tuple(c) for c in coords[usable]],
         radius=radii[usable],
