@@ -3,23 +3,28 @@
 The package exposes :class:`NiftiSpheresMasker`, a drop-in replacement for
 nilearn's masker of the same name, and :func:`clean`, the signal cleaning it
 uses. The BIDS-App lives in :mod:`bids_spheres.cli`. Both names are imported
-lazily so that ``import bids_spheres.seeds`` stays light.
+lazily so that ``import bids_spheres.seeds`` stays light; so is ``__version__``.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-
-try:
-    __version__ = version("bids_spheres")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
 
 __all__ = ["NiftiSpheresMasker", "__version__", "clean"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # Read from the installed metadata on first use: importlib.metadata costs
+        # ~10 ms, which a masker-only process should not pay.
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("bids_spheres")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0.0.0+unknown"
+        globals()["__version__"] = value
+        return value
     if name == "NiftiSpheresMasker":
         from bids_spheres.masker import NiftiSpheresMasker
 

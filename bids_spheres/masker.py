@@ -39,10 +39,10 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import sparse
 
 from bids_spheres import reading, spheres
 from bids_spheres import signal as _signal
+from bids_spheres._csr import RowMatrix
 from bids_spheres._estimator import BaseEstimator, check_is_fitted
 
 __all__ = ["NiftiSpheresMasker"]
@@ -300,10 +300,17 @@ class NiftiSpheresMasker(BaseEstimator):
         mask_img = self.mask_img_
         shape = tuple(int(n) for n in mask_img.shape[:3])
         geometry = self._geometry(mask_img.affine, shape)
-        member = geometry.matrix.astype(np.float64)
-        counts = np.asarray(member.sum(axis=0)).ravel()
-        scale = sparse.diags(1.0 / np.maximum(counts, 1.0))
-        voxel_values = arr2.astype(np.float64) @ (member @ scale).toarray()  # (n_samples, n_vox)
+        member = geometry.matrix
+        counts = np.bincount(member.indices, minlength=member.shape[1])
+        # Each voxel gets the mean of its spheres' signals: sum the signal of every
+        # (sphere, voxel) entry into its voxel, then divide by the voxel's count.
+        by_voxel = np.argsort(member.indices, kind="stable")
+        entry_voxels = member.indices[by_voxel]
+        starts = np.flatnonzero(np.r_[True, entry_voxels[1:] != entry_voxels[:-1]])
+        sums = np.add.reduceat(
+            arr2.astype(np.float64)[:, member.entry_rows()[by_voxel]], starts, axis=1
+        )
+        voxel_values = sums / counts[entry_voxels[starts]]  # (n_samples, n_voxels)
         out_dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float32)
         data = np.zeros((int(np.prod(shape)), arr2.shape[0]), dtype=out_dtype)
         data[geometry.voxels] = voxel_values.T
@@ -389,15 +396,13 @@ class NiftiSpheresMasker(BaseEstimator):
         return geometry
 
     def _extract(
-        self, source: reading.VolumeSource, voxels: np.ndarray, weights: sparse.spmatrix
+        self, source: reading.VolumeSource, voxels: np.ndarray, weights: RowMatrix
     ) -> np.ndarray:
         files = source.filenames
         if self.memory_ is not None and self.memory_level >= 1:
             key = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files] or None
             cached = self.memory_.cache(_extract_cached, ignore=["source"])
-            result = cached(
-                key if key else _source_parts(source), source, voxels, sparse.csr_matrix(weights)
-            )
+            result = cached(key if key else _source_parts(source), source, voxels, weights)
         else:
             result = source.reduce(voxels, weights)
         if result.n_nonfinite:
@@ -466,7 +471,7 @@ class NiftiSpheresMasker(BaseEstimator):
 
 
 def _extract_cached(
-    key: Any, source: reading.VolumeSource, voxels: np.ndarray, weights: sparse.csr_matrix
+    key: Any, source: reading.VolumeSource, voxels: np.ndarray, weights: RowMatrix
 ) -> reading.ReduceResult:
     del key  # only used by joblib to identify the input
     return source.reduce(voxels, weights)

@@ -40,7 +40,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
+
+from bids_spheres._csr import RowMatrix
 
 __all__ = [
     "SphereGeometry",
@@ -70,7 +71,7 @@ class SphereGeometry:
     voxels : numpy.ndarray
         Sorted unique flat (Fortran-order) indices of every voxel used by any
         sphere, shape (n_voxels,).
-    matrix : scipy.sparse.csr_matrix
+    matrix : RowMatrix
         Boolean membership, shape (n_seeds, n_voxels): ``matrix[s, v]`` is
         True when ``voxels[v]`` belongs to sphere ``s``.
     sizes : numpy.ndarray
@@ -87,7 +88,7 @@ class SphereGeometry:
     shape: tuple[int, int, int]
     affine: np.ndarray
     voxels: np.ndarray
-    matrix: sparse.csr_matrix
+    matrix: RowMatrix
     sizes: np.ndarray
     full_sizes: np.ndarray
     nearest: np.ndarray
@@ -103,7 +104,7 @@ class SphereGeometry:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.full_sizes > 0, self.sizes / self.full_sizes, 0.0)
 
-    def mean_weights(self) -> sparse.csr_matrix:
+    def mean_weights(self) -> RowMatrix:
         """Weights (n_seeds, n_voxels) whose product with voxel values gives sphere means.
 
         Rows of empty spheres are all zero.
@@ -111,12 +112,11 @@ class SphereGeometry:
         scale = np.zeros(self.n_seeds)
         nonempty = self.sizes > 0
         scale[nonempty] = 1.0 / self.sizes[nonempty]
-        return sparse.diags(scale) @ self.matrix.astype(np.float64)
+        return self.matrix.scale_rows(scale)
 
     def sphere_voxels(self, index: int) -> np.ndarray:
         """Flat (Fortran-order) indices of the voxels of sphere ``index``."""
-        row = self.matrix.getrow(index)
-        return self.voxels[row.indices]
+        return self.voxels[self.matrix.row(index)[0]]
 
 
 def membership(
@@ -184,10 +184,7 @@ def empty_spheres(geometry: SphereGeometry) -> np.ndarray:
 
 def check_overlap(geometry: SphereGeometry) -> list[tuple[int, int]]:
     """Pairs ``(a, b)`` with ``a < b`` of spheres that share at least one voxel."""
-    m = geometry.matrix.astype(np.int32)
-    shared = sparse.triu(m @ m.T, k=1).tocoo()
-    pairs = sorted(zip(shared.row.tolist(), shared.col.tolist(), strict=True))
-    return [(int(a), int(b)) for a, b in pairs]
+    return geometry.matrix.shared_column_pairs()
 
 
 def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> SphereGeometry:
@@ -228,18 +225,18 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
         eye = np.eye(n)
         operators.append(gaussian_filter1d(eye, s, axis=0) if s > 0 else eye)
 
-    weights = geometry.mean_weights().tocsr()
+    weights = geometry.mean_weights()
     rows, cols, vals = [], [], []
     for seed in range(geometry.n_seeds):
-        row = weights.getrow(seed)
-        if row.nnz == 0:
+        row_cols, row_data = weights.row(seed)
+        if row_cols.size == 0:
             continue
-        flat = geometry.voxels[row.indices]
+        flat = geometry.voxels[row_cols]
         ijk = np.stack(np.unravel_index(flat, shape, order="F"), axis=1)
         lo = ijk.min(axis=0)
         hi = ijk.max(axis=0) + 1
         box = np.zeros(tuple(hi - lo))
-        box[tuple((ijk - lo).T)] = row.data
+        box[tuple((ijk - lo).T)] = row_data
         # Adjoint: w = M0^T (x) M1^T (x) M2^T applied to the box.
         out_ranges = []
         for axis in range(3):
@@ -263,8 +260,8 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
         all_rows = all_cols = np.zeros(0, dtype=np.int64)
         all_vals = np.zeros(0)
     voxels, inverse = np.unique(all_cols, return_inverse=True)
-    matrix = sparse.csr_matrix(
-        (all_vals, (all_rows, inverse)), shape=(geometry.n_seeds, voxels.size)
+    matrix = RowMatrix.from_entries(
+        all_rows, inverse.reshape(-1), all_vals, (geometry.n_seeds, voxels.size)
     )
     return SphereGeometry(
         shape=shape,
@@ -351,11 +348,10 @@ def _compute(
     rows = np.concatenate(row_parts) if row_parts else np.zeros(0, dtype=np.int64)
     cols = np.concatenate(flat_parts) if flat_parts else np.zeros(0, dtype=np.int64)
     voxels, inverse = np.unique(cols, return_inverse=True)
-    matrix = sparse.csr_matrix(
-        (np.ones(rows.size, dtype=bool), (rows, inverse.reshape(-1))),
-        shape=(n_seeds, voxels.size),
+    matrix = RowMatrix.from_entries(
+        rows, inverse.reshape(-1), np.ones(rows.size, dtype=bool), (n_seeds, voxels.size)
     )
-    sizes = np.asarray(matrix.sum(axis=1)).ravel().astype(np.int64)
+    sizes = matrix.row_sums().astype(np.int64)
     return SphereGeometry(
         shape=shape,
         affine=affine.copy(),

@@ -1,0 +1,133 @@
+"""Streaming reader: both gzip inflaters give nibabel's voxel values, and fail cleanly."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_spheres import reading
+from bids_spheres._csr import RowMatrix
+
+
+def _image(tmp_path: Path, name: str = "bold.nii.gz") -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(7)
+    data = rng.normal(1000, 50, size=(9, 8, 7, 13)).astype(np.float32)
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    return path, data
+
+
+def _all_voxels(path: Path) -> np.ndarray:
+    source = reading.open_source(str(path))
+    return np.vstack(list(source.iter_volumes(block_bytes=1)))
+
+
+@pytest.fixture(params=["isal", "stdlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("BIDS_SPHERES_INFLATER", request.param)
+    return request.param
+
+
+def test_both_inflaters_give_nibabels_values(tmp_path: Path, inflater: str) -> None:
+    path, data = _image(tmp_path)
+    flat = data.reshape(-1, data.shape[3], order="F").T.astype(np.float64)
+    assert np.array_equal(_all_voxels(path), flat)
+    fh = reading._open_raw(str(path))
+    with fh:
+        expected = reading._InflatingReader if inflater == "isal" else reading._ZlibReader
+        assert type(fh) is expected
+    # weighted sums through the sparse weights
+    weights = RowMatrix.from_entries([0, 0, 1], [0, 1, 1], np.array([0.5, 0.5, 1.0]), (2, 2))
+    voxels = np.array([3, 100])
+    got = reading.open_source(str(path)).reduce(voxels, weights).signals
+    np.testing.assert_allclose(got[:, 0], 0.5 * (flat[:, 3] + flat[:, 100]), rtol=1e-12)
+    np.testing.assert_allclose(got[:, 1], flat[:, 100], rtol=1e-12)
+
+
+def _raw_stream(path: Path, reader_cls: type, size: int) -> bytes:
+    out = bytearray()
+    buf = bytearray(size)
+    reader = reader_cls(str(path))
+    with reader:
+        while True:
+            n = reader.readinto(memoryview(buf))
+            if not n:
+                break
+            out += buf[:n]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("size", [1, 1000, 1 << 20])
+def test_zlib_reader_equals_gzip_on_members_and_padding(tmp_path: Path, size: int) -> None:
+    rng = np.random.default_rng(3)
+    parts = [rng.integers(0, 4, 300_000, dtype=np.uint8).tobytes(), b"", b"tail" * 1000]
+    path = tmp_path / "multi.gz"
+    path.write_bytes(b"".join(gzip.compress(p) for p in parts) + b"\x00" * 37)
+    assert _raw_stream(path, reading._ZlibReader, size) == gzip.decompress(path.read_bytes())
+
+
+def test_zlib_reader_reports_truncation_bad_crc_and_garbage(tmp_path: Path) -> None:
+    payload = np.arange(200_000, dtype=np.float32).tobytes()
+    good = gzip.compress(payload)
+    cases = {
+        "truncated": (good[: len(good) // 2], EOFError, "end-of-stream"),
+        "bad_crc": (good[:-8] + bytes([good[-8] ^ 0xFF]) + good[-7:], zlib.error, "check"),
+        "garbage": (good + b"not gzip", OSError, "trailing garbage"),
+    }
+    for name, (blob, exc, pattern) in cases.items():
+        path = tmp_path / f"{name}.gz"
+        path.write_bytes(blob)
+        with pytest.raises(exc, match=pattern):
+            _raw_stream(path, reading._ZlibReader, 65536)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "crc"])
+def test_damaged_gzip_image_names_the_file(tmp_path: Path, inflater: str, damage: str) -> None:
+    path, _ = _image(tmp_path)
+    blob = path.read_bytes()
+    if damage == "truncate":
+        blob = blob[: len(blob) * 2 // 3]
+    else:
+        blob = blob[:-8] + bytes([blob[-8] ^ 0xFF]) + blob[-7:]
+    path.write_bytes(blob)
+    with pytest.raises(ValueError, match=rf"{path.name}.*(truncated|corrupt)"):
+        _all_voxels(path)
+
+
+def test_uncompressed_runs_gather_any_voxel_order(tmp_path: Path, monkeypatch) -> None:
+    rng = np.random.default_rng(11)
+    data = rng.normal(size=(40, 30, 20, 6)).astype(">f8")  # big-endian float64 on disk
+    path = tmp_path / "bold.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    flat = np.asarray(data, dtype=np.float64).reshape(-1, 6, order="F").T
+    n = flat.shape[1]
+    # Unsorted, repeated voxels in three clusters far apart: several runs.
+    voxels = np.array([n - 1, 5, 7, 5, 12_000, 12_001, 6, n - 3])
+    runs = reading._voxel_runs(voxels, n, 8)
+    assert runs is not None and runs[0].size == 3
+    source = reading.open_source(str(path))
+    got = np.vstack(list(source.iter_voxel_blocks(voxels)))
+    assert np.array_equal(got, flat[:, voxels])
+    # Same values without preadv (the seek + readinto path).
+    monkeypatch.delattr(reading.os, "preadv", raising=False)
+    got = np.vstack(list(source.iter_voxel_blocks(voxels)))
+    assert np.array_equal(got, flat[:, voxels])
+    # Voxels spread over most of the volume: read whole, same values.
+    spread = np.arange(0, n, 3)
+    assert reading._voxel_runs(spread, n, 8) is None
+    assert np.array_equal(np.vstack(list(source.iter_voxel_blocks(spread))), flat[:, spread])
+
+
+def test_truncated_uncompressed_file_is_reported_even_for_runs(tmp_path: Path) -> None:
+    data = np.ones((40, 30, 20, 6), dtype=np.float32)
+    path = tmp_path / "bold.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    path.write_bytes(path.read_bytes()[:-100])
+    source = reading.open_source(str(path))
+    with pytest.raises(ValueError, match=r"bold\.nii is truncated"):
+        list(source.iter_voxel_blocks(np.array([0, 1])))
