@@ -35,15 +35,17 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
 
 from bids_spheres import reading, spheres
 from bids_spheres import signal as _signal
 from bids_spheres._csr import RowMatrix
 from bids_spheres._estimator import BaseEstimator, check_is_fitted
+
+if TYPE_CHECKING:  # pragma: no cover
+    import nibabel as nib
 
 __all__ = ["NiftiSpheresMasker"]
 
@@ -317,6 +319,8 @@ class NiftiSpheresMasker(BaseEstimator):
         data = data.reshape((*shape, arr2.shape[0]), order="F")
         if one_d:
             data = data[..., 0]
+        import nibabel as nib
+
         return nib.Nifti1Image(data, mask_img.affine)
 
     # -------------------------------------------------------------- private
@@ -562,6 +566,8 @@ def _load_mask(mask_img: Any) -> nib.Nifti1Image:
     mask = np.isfinite(data) & (data != 0)
     if not mask.any():
         raise ValueError(f"mask_img {reading._describe(mask_img)} is empty (no non-zero voxel)")
+    import nibabel as nib
+
     return nib.Nifti1Image(mask.astype(np.uint8), img.affine)
 
 

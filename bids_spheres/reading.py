@@ -30,16 +30,20 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
 
 from bids_spheres._csr import RowMatrix
+from bids_spheres._nifti import NiftiFileInfo, read_nifti1
+
+if TYPE_CHECKING:  # pragma: no cover
+    import nibabel as nib
 
 try:  # pragma: no cover - isal's C gzip reader (private; used only when present)
     from isal.igzip import READ_BUFFER_SIZE as _ISAL_BUFFER_SIZE
@@ -85,12 +89,14 @@ def load_img(img: Any) -> nib.spatialimages.SpatialImage:
     TypeError
         The object is neither a path nor a nibabel image.
     """
-    if isinstance(img, nib.spatialimages.SpatialImage):
+    if _is_nibabel_image(img):
         return img
     if isinstance(img, (str, os.PathLike)):
         path = Path(img)
         if not path.exists():
             raise FileNotFoundError(f"image file not found: {path}")
+        import nibabel as nib
+
         try:
             return nib.load(path)
         except Exception as exc:  # nibabel raises many types for bad headers
@@ -102,6 +108,25 @@ def load_img(img: Any) -> nib.spatialimages.SpatialImage:
         "expected a path to a .nii/.nii.gz file or a nibabel image, "
         f"got an object of type {type(img).__name__}"
     )
+
+
+def _load_part(img: Any) -> nib.spatialimages.SpatialImage | NiftiFileInfo:
+    """Like :func:`load_img`, but a plain single-file NIfTI-1 path is described from its
+    header alone (:mod:`bids_spheres._nifti`), without importing nibabel (~70 ms)."""
+    if isinstance(img, (str, os.PathLike)) and os.path.isfile(img):
+        try:
+            info = read_nifti1(img)
+        except OSError:
+            info = None  # let nibabel open it and report the problem
+        if info is not None:
+            return info
+    return load_img(img)
+
+
+def _is_nibabel_image(obj: Any) -> bool:
+    # An object can only be a nibabel image if nibabel has been imported.
+    nib = sys.modules.get("nibabel")
+    return nib is not None and isinstance(obj, nib.spatialimages.SpatialImage)
 
 
 @dataclass(frozen=True)
@@ -140,7 +165,12 @@ class VolumeSource:
         A short description for messages (the file name when there is one).
     """
 
-    def __init__(self, parts: Sequence[nib.spatialimages.SpatialImage], ndim: int, name: str):
+    def __init__(
+        self,
+        parts: Sequence[nib.spatialimages.SpatialImage | NiftiFileInfo],
+        ndim: int,
+        name: str,
+    ):
         first = parts[0]
         self._parts = list(parts)
         self.shape: tuple[int, int, int] = tuple(int(n) for n in first.shape[:3])
@@ -154,7 +184,7 @@ class VolumeSource:
     def data_dtype(self) -> np.dtype:
         """The data type of the voxel values after scaling (as nibabel reports it)."""
         img = self._parts[0]
-        dtype = np.dtype(img.get_data_dtype())
+        dtype = img.dtype if isinstance(img, NiftiFileInfo) else np.dtype(img.get_data_dtype())
         slope, inter = _scaling(img)
         if (slope, inter) != (1.0, 0.0):
             return np.result_type(dtype, np.float32)
@@ -165,7 +195,7 @@ class VolumeSource:
         """Paths of the files behind the source (empty for in-memory images)."""
         names = []
         for img in self._parts:
-            fname = img.get_filename()
+            fname = img.path if isinstance(img, NiftiFileInfo) else img.get_filename()
             if fname:
                 names.append(str(fname))
         return names
@@ -241,7 +271,7 @@ def open_source(imgs: Any) -> VolumeSource:
     if isinstance(imgs, (list, tuple)):
         if len(imgs) == 0:
             raise ValueError("an empty list of images was given; expected 3D images")
-        parts = [load_img(i) for i in imgs]
+        parts = [_load_part(i) for i in imgs]
         for p, orig in zip(parts, imgs, strict=True):
             _check_ndim(p, orig)
         first = parts[0]
@@ -255,7 +285,7 @@ def open_source(imgs: Any) -> VolumeSource:
                     "all images of a list must share shape and affine"
                 )
         return VolumeSource(parts, ndim=4, name=_describe(imgs[0]) + f" (+{len(imgs) - 1} more)")
-    img = load_img(imgs)
+    img = _load_part(imgs)
     ndim = _check_ndim(img, imgs)
     return VolumeSource([img], ndim=3 if ndim == 3 else 4, name=_describe(imgs))
 
@@ -267,13 +297,13 @@ def open_source(imgs: Any) -> VolumeSource:
 def _describe(obj: Any) -> str:
     if isinstance(obj, (str, os.PathLike)):
         return str(obj)
-    if isinstance(obj, nib.spatialimages.SpatialImage):
+    if _is_nibabel_image(obj):
         fname = obj.get_filename()
         return str(fname) if fname else f"<in-memory image of shape {obj.shape}>"
     return repr(obj)
 
 
-def _effective_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, ...]:
+def _effective_shape(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> tuple[int, ...]:
     shape = tuple(int(n) for n in img.shape)
     # Drop trailing singleton dimensions beyond the fourth (e.g. x, y, z, t, 1).
     while len(shape) > 4 and shape[-1] == 1:
@@ -281,7 +311,7 @@ def _effective_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, ...]:
     return shape
 
 
-def _check_ndim(img: nib.spatialimages.SpatialImage, orig: Any) -> int:
+def _check_ndim(img: nib.spatialimages.SpatialImage | NiftiFileInfo, orig: Any) -> int:
     shape = _effective_shape(img)
     if len(shape) > 4:
         raise ValueError(
@@ -296,13 +326,13 @@ def _check_ndim(img: nib.spatialimages.SpatialImage, orig: Any) -> int:
     return len(shape)
 
 
-def _n_volumes(img: nib.spatialimages.SpatialImage) -> int:
+def _n_volumes(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> int:
     shape = _effective_shape(img)
     return shape[3] if len(shape) == 4 else 1
 
 
-def _scaling(img: nib.spatialimages.SpatialImage) -> tuple[float, float]:
-    proxy = img.dataobj
+def _scaling(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> tuple[float, float]:
+    proxy = img if isinstance(img, NiftiFileInfo) else img.dataobj
     slope = getattr(proxy, "slope", 1.0)
     inter = getattr(proxy, "inter", 0.0)
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
@@ -310,7 +340,11 @@ def _scaling(img: nib.spatialimages.SpatialImage) -> tuple[float, float]:
     return slope, inter
 
 
-def _streamable(img: nib.spatialimages.SpatialImage) -> bool:
+def _streamable(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> bool:
+    if isinstance(img, NiftiFileInfo):
+        return True
+    import nibabel as nib
+
     proxy = img.dataobj
     return (
         nib.is_proxy(proxy)
@@ -321,7 +355,7 @@ def _streamable(img: nib.spatialimages.SpatialImage) -> bool:
 
 
 def _iter_image_blocks(
-    img: nib.spatialimages.SpatialImage,
+    img: nib.spatialimages.SpatialImage | NiftiFileInfo,
     n_vol: int,
     voxels: np.ndarray | None,
     block_bytes: int,
@@ -483,13 +517,13 @@ def _skip(fh: Any, n: int, path: str) -> None:
 
 
 def _iter_file_blocks(
-    img: nib.spatialimages.SpatialImage,
+    img: nib.spatialimages.SpatialImage | NiftiFileInfo,
     n_vol: int,
     voxels: np.ndarray | None,
     block_bytes: int,
 ) -> Iterator[np.ndarray]:
-    proxy = img.dataobj
-    path = os.fspath(proxy.file_like)
+    proxy = img if isinstance(img, NiftiFileInfo) else img.dataobj
+    path = os.fspath(proxy.path if isinstance(img, NiftiFileInfo) else proxy.file_like)
     dtype = np.dtype(proxy.dtype)
     shape3 = tuple(int(n) for n in img.shape[:3])
     vol_items = int(np.prod(shape3))
@@ -557,7 +591,8 @@ def _voxel_runs(
     """
     if voxels is None or voxels.size == 0:
         return None
-    unique = np.unique(voxels)
+    unique = np.sort(voxels)  # np.unique would import numpy.ma (~7 ms)
+    unique = unique[np.concatenate(([True], unique[1:] != unique[:-1]))]
     breaks = np.flatnonzero(np.diff(unique) > max(1, _RUN_GAP_BYTES // itemsize))
     starts = np.concatenate((unique[:1], unique[breaks + 1]))
     lengths = np.concatenate((unique[breaks], unique[-1:])) + 1 - starts

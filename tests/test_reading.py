@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -131,3 +133,42 @@ def test_truncated_uncompressed_file_is_reported_even_for_runs(tmp_path: Path) -
     source = reading.open_source(str(path))
     with pytest.raises(ValueError, match=r"bold\.nii is truncated"):
         list(source.iter_voxel_blocks(np.array([0, 1])))
+
+
+def test_plain_nifti_path_is_read_without_nibabel_and_matches_it(tmp_path: Path) -> None:
+    path, _ = _image(tmp_path)
+    source = reading.open_source(str(path))
+    assert isinstance(source._parts[0], reading.NiftiFileInfo)
+    via_nibabel = reading.open_source(nib.load(path))
+    assert source.shape == via_nibabel.shape and source.n_volumes == via_nibabel.n_volumes
+    assert np.array_equal(source.affine, via_nibabel.affine)
+    assert source.filenames == [str(path)] and source.data_dtype == np.float32
+    voxels = np.array([0, 17, 400])
+    assert np.array_equal(
+        np.vstack(list(source.iter_voxel_blocks(voxels))),
+        np.vstack(list(via_nibabel.iter_voxel_blocks(voxels))),
+    )
+
+
+def test_header_the_fast_reader_declines_goes_through_nibabel(tmp_path: Path) -> None:
+    data = np.arange(4 * 5 * 6 * 3, dtype=np.int16).reshape(4, 5, 6, 3)
+    path = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti2Image(data, np.diag([3.0, 3.0, 3.0, 1.0])), path)
+    source = reading.open_source(str(path))
+    assert not isinstance(source._parts[0], reading.NiftiFileInfo)
+    flat = data.reshape(-1, 3, order="F").T.astype(np.float64)
+    assert np.array_equal(np.vstack(list(source.iter_volumes())), flat)
+
+
+def test_masker_on_a_path_imports_neither_nibabel_nor_scipy(tmp_path: Path) -> None:
+    path, _ = _image(tmp_path)
+    code = (
+        "import sys; from bids_spheres import NiftiSpheresMasker\n"
+        f"out = NiftiSpheresMasker([[4.0, 4.0, 4.0]], radius=3.0).fit_transform({str(path)!r})\n"
+        "print(out.shape, sorted(m.split('.')[0] for m in sys.modules "
+        "if m.split('.')[0] in ('nibabel', 'scipy', 'pandas')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "(13, 1) []"
