@@ -34,7 +34,7 @@ class RowMatrix:
         Value of each entry.
     """
 
-    __slots__ = ("data", "indices", "indptr", "shape")
+    __slots__ = ("_starts", "data", "indices", "indptr", "shape")
 
     def __init__(
         self, shape: tuple[int, int], indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
@@ -45,6 +45,15 @@ class RowMatrix:
         self.data = np.asarray(data)
         if self.indptr.shape != (self.shape[0] + 1,) or self.indices.shape != self.data.shape:
             raise ValueError("inconsistent CSR arrays")
+        self._starts: tuple[np.ndarray, np.ndarray | None] | None = None
+
+    def __getstate__(self) -> tuple:
+        # The cached row starts are left out: equal matrices pickle (and hash, for
+        # joblib's cache) the same whether or not they have been used.
+        return (self.shape, self.indptr, self.indices, self.data)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.__init__(*state)
 
     @classmethod
     def from_entries(
@@ -110,18 +119,32 @@ class RowMatrix:
         numpy.ndarray
             float64, shape (n_samples, n_rows); rows without entries give 0.
         """
-        block = np.asarray(block)
-        out = np.zeros((block.shape[0], self.shape[0]), dtype=np.float64)
+        return self.apply_gathered(np.asarray(block)[:, self.indices])
+
+    def apply_gathered(self, values: np.ndarray) -> np.ndarray:
+        """:meth:`apply` for values already gathered per entry: ``values[:, e]`` is the
+        value of column ``indices[e]``, shape (n_samples, nnz); any numeric dtype (the
+        products and sums are float64)."""
+        values = np.asarray(values)
+        out = np.zeros((values.shape[0], self.shape[0]), dtype=np.float64)
         if self.nnz == 0:
             return out
-        products = block[:, self.indices] * self.data
-        nonempty = np.diff(self.indptr) > 0
-        sums = np.add.reduceat(products, self.indptr[:-1][nonempty], axis=1)
-        if nonempty.all():
+        products = np.multiply(values, self.data, dtype=np.float64)
+        starts, nonempty = self._row_starts()
+        sums = np.add.reduceat(products, starts, axis=1)
+        if nonempty is None:
             out[:] = sums
         else:
             out[:, nonempty] = sums
         return out
+
+    def _row_starts(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """First entry of every non-empty row, and which rows those are (None: all)."""
+        if self._starts is None:
+            nonempty = np.diff(self.indptr) > 0
+            starts = self.indptr[:-1][nonempty]
+            self._starts = (starts, None if nonempty.all() else nonempty)
+        return self._starts
 
     def __matmul__(self, other: np.ndarray) -> np.ndarray:
         """``self @ other`` for a dense vector (n_cols,) or matrix (n_cols, k)."""

@@ -29,7 +29,6 @@ does not depend on nilearn, scikit-learn or pybids.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import warnings
@@ -49,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["NiftiSpheresMasker"]
 
-logger = logging.getLogger("bids_spheres.masker")
+_LOGGER_NAME = "bids_spheres.masker"
 
 
 class NiftiSpheresMasker(BaseEstimator):
@@ -465,7 +464,11 @@ class NiftiSpheresMasker(BaseEstimator):
         return np.dtype(self.dtype)
 
     def _log(self, message: str) -> None:
-        logger.debug(message)
+        # Log through the logging module only if something imported it: without that
+        # no handler can be configured, and a masker-only process saves its import.
+        logging = sys.modules.get("logging")
+        if logging is not None:
+            logging.getLogger(_LOGGER_NAME).debug(message)
         if self.verbose:
             print(f"[NiftiSpheresMasker] {message}", file=sys.stderr)
 

@@ -68,3 +68,14 @@ def test_column_shared_by_many_rows_lists_every_pair() -> None:
 def test_inconsistent_arrays_are_refused() -> None:
     with pytest.raises(ValueError, match="inconsistent"):
         RowMatrix((2, 2), np.array([0, 1]), np.array([0]), np.array([1.0]))
+
+
+def test_pickles_the_same_before_and_after_use() -> None:
+    import pickle
+
+    m = RowMatrix.from_entries([0, 1, 1], [0, 0, 2], np.array([1.0, 2.0, 3.0]), (3, 3))
+    before = pickle.dumps(m)
+    m.apply(np.ones((2, 3)))
+    assert pickle.dumps(m) == before
+    again = pickle.loads(before)
+    assert again.apply(np.arange(3.0)[np.newaxis]).tolist() == [[0.0, 6.0, 0.0]]

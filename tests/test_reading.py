@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -172,3 +173,52 @@ def test_masker_on_a_path_imports_neither_nibabel_nor_scipy(tmp_path: Path) -> N
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == "(13, 1) []"
+
+
+def test_zlib_reader_holds_at_most_one_bounded_piece_of_a_1000_to_1_stream(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.gz"
+    path.write_bytes(gzip.compress(bytes(48 << 20)))  # 48 MiB of zeros in ~50 KiB
+    reader = reading._ZlibReader(str(path))
+    buf = bytearray(4_328_140)
+    total = 0
+    with reader:
+        while n := reader.readinto(memoryview(buf)):
+            assert len(reader._pending) <= reading._ZlibReader._MAX_OUT
+            assert not any(buf[:n])
+            total += n
+    assert total == 48 << 20
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_reduce_scales_sums_and_counts_each_bad_voxel_once(tmp_path: Path, suffix: str) -> None:
+    rng = np.random.default_rng(5)
+    stored = rng.normal(100, 10, size=(6, 5, 4, 7)).astype(np.float32)
+    stored[1, 2, 3, 2] = np.nan  # flat voxel 1 + 2*6 + 3*30 = 103, volume 2
+    stored[0, 0, 0, 4] = np.inf  # voxel 0, volume 4
+    img = nib.Nifti1Image(stored, np.eye(4))
+    img.header.set_slope_inter(2.0, 10.0)
+    path = tmp_path / f"bold{suffix}"
+    nib.save(img, path)
+    assert nib.load(path).dataobj.slope == 2.0
+    voxels = np.array([0, 103, 50])
+    # rows 0 and 1 share voxels 0 and 103 (overlapping spheres); row 2 is empty
+    weights = RowMatrix.from_entries(
+        [0, 0, 1, 1, 1, 3], [0, 1, 0, 1, 2, 2], [0.5, 0.5, 0.25, 0.25, 0.5, 1.0], (4, 3)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inf - inf in the sums must not warn
+        result = reading.open_source(str(path)).reduce(voxels, weights)
+    values = 2.0 * stored.reshape(-1, 7, order="F").T.astype(np.float64) + 10.0
+    values = values[:, voxels]
+    assert result.n_nonfinite == 2  # each bad (voxel, volume) once, though in two rows
+    values[~np.isfinite(values)] = 0.0
+    expected = np.stack(
+        [
+            0.5 * values[:, 0] + 0.5 * values[:, 1],
+            0.25 * values[:, 0] + 0.25 * values[:, 1] + 0.5 * values[:, 2],
+            np.zeros(7),
+            values[:, 2],
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(result.signals, expected, rtol=1e-13)
