@@ -213,8 +213,6 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
         non-empty spheres away from the borders) over the enlarged voxel set;
         ``sizes``, ``full_sizes`` and ``nearest`` are those of the input.
     """
-    from scipy.ndimage import gaussian_filter1d
-
     fwhm_arr = np.broadcast_to(np.asarray(fwhm, dtype=np.float64), (3,))
     vox_size = np.sqrt(np.sum(geometry.affine[:3, :3] ** 2, axis=0))
     sigma = fwhm_arr / (np.sqrt(8 * np.log(2)) * vox_size)
@@ -223,7 +221,7 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
     operators = []
     for n, s in zip(shape, sigma, strict=True):
         eye = np.eye(n)
-        operators.append(gaussian_filter1d(eye, s, axis=0) if s > 0 else eye)
+        operators.append(_gaussian_operator(n, s) if s > 0 else eye)
 
     weights = geometry.mean_weights()
     rows, cols, vals = [], [], []
@@ -276,6 +274,27 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
 
 # --------------------------------------------------------------------------
 # private helpers
+
+
+def _gaussian_operator(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The (n, n) matrix of ``scipy.ndimage.gaussian_filter1d(x, sigma, mode="reflect",
+    truncate=truncate)`` along a line of n samples: ``y = M @ x``.
+
+    The same kernel as scipy (radius ``int(truncate * sigma + 0.5)``, normalised
+    samples of exp(-x^2 / 2 sigma^2)) and the same half-sample-symmetric
+    extension (d c b a | a b c d | d c b a, repeated when the kernel is longer
+    than the line); built in numpy so smoothing does not import scipy.ndimage.
+    """
+    radius = int(truncate * float(sigma) + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 / (sigma * sigma) * offsets.astype(np.float64) ** 2)
+    kernel /= kernel.sum()
+    rows = np.broadcast_to(np.arange(n)[:, np.newaxis], (n, offsets.size))
+    cols = np.mod(rows + offsets, 2 * n)
+    cols = np.where(cols >= n, 2 * n - 1 - cols, cols)
+    operator = np.zeros((n, n))
+    np.add.at(operator, (rows, cols), np.broadcast_to(kernel, rows.shape))
+    return operator
 
 
 def _compute(

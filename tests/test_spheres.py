@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.ndimage import gaussian_filter1d
@@ -96,3 +97,11 @@ def test_smoothing_weights_equal_smoothing_then_mean() -> None:
     expected = [flat[g.sphere_voxels(s)].mean() for s in range(2)]
     ours = w.matrix @ vol.ravel(order="F")[w.voxels]
     np.testing.assert_allclose(ours, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 97])
+@pytest.mark.parametrize("sigma", [0.2, 1.2739827, 3.0, 25.0])
+def test_gaussian_operator_is_scipys_filter(n: int, sigma: float) -> None:
+    eye = np.eye(n)
+    expected = gaussian_filter1d(eye, sigma, axis=0, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(spheres._gaussian_operator(n, sigma), expected, atol=1e-15)
