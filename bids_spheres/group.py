@@ -161,7 +161,7 @@ def run(config: RunConfig) -> int:
     ----------
     config : RunConfig
         Uses ``output_dir``, ``bids_dir``, ``derivatives``, ``participant_label``,
-        ``max_mean_fd`` and ``min_volumes``.
+        ``session_label``, ``task``, ``run``, ``max_mean_fd`` and ``min_volumes``.
 
     Returns
     -------
@@ -176,13 +176,25 @@ def run(config: RunConfig) -> int:
         ``output_dir/group`` cannot be written.
     """
     output_dir = Path(config.output_dir)
-    runs = find_runs(output_dir, config.participant_label)
+    runs = find_runs(
+        output_dir,
+        config.participant_label,
+        session_label=config.session_label,
+        task=config.task,
+        run=config.run,
+    )
     if not runs:
-        selected = (
-            f" for participant(s) {', '.join(config.participant_label)}"
-            if config.participant_label
-            else ""
-        )
+        chosen = [
+            f"{what} {', '.join(labels)}"
+            for what, labels in (
+                ("participant(s)", config.participant_label),
+                ("session(s)", config.session_label),
+                ("task(s)", config.task),
+                ("run(s)", config.run),
+            )
+            if labels
+        ]
+        selected = f" for {'; '.join(chosen)}" if chosen else ""
         raise MissingInputError(
             f"no participant-level output{selected} under {output_dir} (searched "
             "sub-*/func and sub-*/ses-*/func for *_atlas-*_desc-*_timeseries.tsv/.json); "
@@ -244,7 +256,12 @@ def run(config: RunConfig) -> int:
 
 
 def find_runs(
-    output_dir: str | os.PathLike[str], participant_label: Iterable[str] | None = None
+    output_dir: str | os.PathLike[str],
+    participant_label: Iterable[str] | None = None,
+    *,
+    session_label: Iterable[str] | None = None,
+    task: Iterable[str] | None = None,
+    run: Iterable[str | int] | None = None,
 ) -> list[RunFiles]:
     """The runs written by the participant level, sorted by participant then path.
 
@@ -253,7 +270,12 @@ def find_runs(
     output_dir : path
         The participant level's output directory.
     participant_label : iterable of str, optional
-        Keep only these participants (labels without ``sub-``).
+        Keep only these participants (labels, ``sub-`` prefix optional).
+    session_label, task : iterable of str, optional
+        Keep only runs with these ``ses`` / ``task`` labels (prefix optional); a
+        session filter drops runs without a session, as at the participant level.
+    run : iterable of str or int, optional
+        Keep only these run numbers (``1`` matches ``run-01``).
 
     Returns
     -------
@@ -276,8 +298,37 @@ def find_runs(
         for func in [sub_dir / "func", *sorted(sub_dir.glob("ses-*/func"))]:
             if func.is_dir():
                 found.extend(_scan_func_dir(func))
+    wanted = {
+        "ses": _label_set(session_label, "ses-"),
+        "task": _label_set(task, "task-"),
+        "run": _label_set(run, "run-", number=True),
+    }
+    for entity, labels in wanted.items():
+        if labels is not None:
+            found = [
+                f for f in found if _entity_label(f.entities, entity, entity == "run") in labels
+            ]
     found.sort(key=lambda f: (f.subject, str(f.any_path)))
     return found
+
+
+def _label_set(
+    labels: Iterable[str | int] | None, prefix: str, *, number: bool = False
+) -> set[str] | None:
+    if labels is None:
+        return None
+    out = set()
+    for label in labels:
+        text = str(label).removeprefix(prefix)
+        out.add(str(int(text)) if number and text.isdigit() else text)
+    return out
+
+
+def _entity_label(entities: dict[str, str], entity: str, number: bool) -> str | None:
+    value = entities.get(entity)
+    if value is not None and number and value.isdigit():
+        return str(int(value))
+    return value
 
 
 def parse_entities(filename: str) -> tuple[dict[str, str], str, str] | None:

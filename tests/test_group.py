@@ -697,3 +697,17 @@ def _page_requests(path: Path) -> list[str]:
         if initiator == "null" or initiator.startswith("file:"):
             urls.append(params["url"])
     return list(dict.fromkeys(urls))
+
+
+def test_session_task_and_run_restrict_the_group(tmp_path: Path) -> None:
+    out, bids, _runs = standard_dataset(tmp_path)
+    group.run(config_for(out, bids, session_label=("ses-2",)))
+    table = read_tsv(group_file(out, RUNS_TSV))
+    assert list(zip(table["participant_id"], table["session_id"], strict=True)) == [
+        ("sub-02", "ses-2")
+    ]
+    group.run(config_for(out, bids, run=("01",), task=("rest",)))  # run 1 matches run-1
+    table = read_tsv(group_file(out, RUNS_TSV))
+    assert len(table) == 5 and set(table["timeseries"].str.contains("_run-1_")) == {True}
+    with pytest.raises(MissingInputError, match=r"for task\(s\) nback; run\(s\) 2"):
+        group.run(config_for(out, bids, task=("nback",), run=("2",)))
