@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bids_spheres.errors import MissingInputError, OutputError, one_line
+from bids_spheres.errors import MissingInputError, OutputError, UsageError, one_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -176,12 +176,9 @@ def run(config: RunConfig) -> int:
         ``output_dir/group`` cannot be written.
     """
     output_dir = Path(config.output_dir)
-    runs = find_runs(
-        output_dir,
-        config.participant_label,
-        session_label=config.session_label,
-        task=config.task,
-        run=config.run,
+    written = find_runs(output_dir, config.participant_label)
+    runs = filter_runs(
+        written, session_label=config.session_label, task=config.task, run=config.run
     )
     if not runs:
         chosen = [
@@ -217,7 +214,7 @@ def run(config: RunConfig) -> int:
         combos[files.key].add(files)
     summaries = [combos[key].finish(group_dir) for key in sorted(combos)]
 
-    with_output = {files.subject for files in runs}
+    with_output = {files.subject for files in written}  # outputs outside the filters count
     bids_subjects, searched = _bids_subjects(config)
     missing = sorted(bids_subjects - with_output)
     if missing:
@@ -284,9 +281,7 @@ def find_runs(
         entities under ``sub-*/func`` or ``sub-*/ses-*/func``.
     """
     root = Path(output_dir)
-    keep = (
-        None if participant_label is None else {p.removeprefix("sub-") for p in participant_label}
-    )
+    keep = _label_set(participant_label, "sub-")
     found: list[RunFiles] = []
     if not root.is_dir():
         return found
@@ -298,29 +293,54 @@ def find_runs(
         for func in [sub_dir / "func", *sorted(sub_dir.glob("ses-*/func"))]:
             if func.is_dir():
                 found.extend(_scan_func_dir(func))
+    found.sort(key=lambda f: (f.subject, str(f.any_path)))
+    return filter_runs(found, session_label=session_label, task=task, run=run)
+
+
+def filter_runs(
+    runs: Iterable[RunFiles],
+    *,
+    session_label: Iterable[str] | str | None = None,
+    task: Iterable[str] | str | None = None,
+    run: Iterable[str | int] | str | int | None = None,
+) -> list[RunFiles]:
+    """The runs whose ``ses`` / ``task`` / ``run`` entities are among the labels given.
+
+    Labels may carry their prefix (``ses-1``); run numbers match as numbers (``1``
+    matches ``run-01``). A filter on an entity drops the runs without it.
+
+    Raises
+    ------
+    UsageError
+        A run label that is not a number.
+    """
     wanted = {
         "ses": _label_set(session_label, "ses-"),
         "task": _label_set(task, "task-"),
         "run": _label_set(run, "run-", number=True),
     }
+    kept = list(runs)
     for entity, labels in wanted.items():
         if labels is not None:
-            found = [
-                f for f in found if _entity_label(f.entities, entity, entity == "run") in labels
+            kept = [
+                f for f in kept if _entity_label(f.entities, entity, entity == "run") in labels
             ]
-    found.sort(key=lambda f: (f.subject, str(f.any_path)))
-    return found
+    return kept
 
 
 def _label_set(
-    labels: Iterable[str | int] | None, prefix: str, *, number: bool = False
+    labels: Iterable[str | int] | str | int | None, prefix: str, *, number: bool = False
 ) -> set[str] | None:
     if labels is None:
         return None
     out = set()
-    for label in labels:
+    for label in [labels] if isinstance(labels, (str, int)) else labels:
         text = str(label).removeprefix(prefix)
-        out.add(str(int(text)) if number and text.isdigit() else text)
+        if number:
+            if not (text.isascii() and text.isdigit()):
+                raise UsageError(f"run {label!r} is not a run number; give integers like 1")
+            text = str(int(text))
+        out.add(text)
     return out
 
 

@@ -401,11 +401,9 @@ class NiftiSpheresMasker(BaseEstimator):
     def _extract(
         self, source: reading.VolumeSource, voxels: np.ndarray, weights: RowMatrix
     ) -> np.ndarray:
-        files = source.filenames
         if self.memory_ is not None and self.memory_level >= 1:
-            key = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files] or None
             cached = self.memory_.cache(_extract_cached, ignore=["source"])
-            result = cached(key if key else _source_parts(source), source, voxels, weights)
+            result = cached(source.cache_key(), source, voxels, weights)
         else:
             result = source.reduce(voxels, weights)
         if result.n_nonfinite:
@@ -456,8 +454,11 @@ class NiftiSpheresMasker(BaseEstimator):
 
     def _output_dtype(self, source: reading.VolumeSource) -> np.dtype:
         if self.dtype is None:
+            dtype = source.data_dtype  # float64 in either byte order stays float64
             return (
-                np.dtype(np.float64) if source.data_dtype == np.float64 else np.dtype(np.float32)
+                np.dtype(np.float64)
+                if dtype.newbyteorder("=") == np.float64
+                else np.dtype(np.float32)
             )
         if isinstance(self.dtype, str) and self.dtype == "auto":
             return np.dtype(np.float32)
@@ -482,10 +483,6 @@ def _extract_cached(
 ) -> reading.ReduceResult:
     del key  # only used by joblib to identify the input
     return source.reduce(voxels, weights)
-
-
-def _source_parts(source: reading.VolumeSource) -> list[Any]:
-    return [np.asanyarray(p.dataobj) for p in source._parts] + [source.affine]
 
 
 def _is_number(value: Any) -> bool:

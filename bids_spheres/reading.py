@@ -141,8 +141,8 @@ class ReduceResult:
     signals : numpy.ndarray
         float64 array (n_volumes, n_outputs).
     n_nonfinite : int
-        Number of non-finite voxel values met among the requested voxels
-        (replaced by 0).
+        Number of non-finite values met among the requested voxels that carry a
+        weight, one per (volume, voxel) however many weights it has (replaced by 0).
     """
 
     signals: np.ndarray
@@ -203,6 +203,22 @@ class VolumeSource:
                 names.append(str(fname))
         return names
 
+    def cache_key(self) -> list[Any]:
+        """What identifies the data, for a cache such as joblib's ``Memory``.
+
+        Per part: ``(path, size, mtime_ns)`` when it is streamed from a file, else
+        its in-memory array; then the affine.
+        """
+        key: list[Any] = []
+        for img in self._parts:
+            if _streamable(img):
+                path = img.path if isinstance(img, NiftiFileInfo) else img.dataobj.file_like
+                stat = os.stat(path)
+                key.append((os.fspath(path), stat.st_size, stat.st_mtime_ns))
+            else:
+                key.append(np.asanyarray(img.dataobj))
+        return [*key, self.affine]
+
     def reduce(
         self,
         voxels: np.ndarray,
@@ -242,21 +258,26 @@ class VolumeSource:
         weight_sums = weights.row_sums().astype(np.float64)
         n_nonfinite = 0
         t0 = 0
+        # Volumes per weighted sum: the float64 products, (volumes, entries), stay
+        # within block_bytes however many entries overlap or smoothing makes.
+        step = max(1, block_bytes // (8 * weights.nnz))
         for img, length in zip(self._parts, self._lengths, strict=True):
-            for raw, slope, inter in _iter_raw_blocks(img, length, entries, block_bytes):
-                sums = weights.apply_gathered(raw)
-                if slope != 1.0:
-                    sums *= slope
-                if inter != 0.0:
-                    sums += inter * weight_sums
-                if not np.isfinite(sums).all():
-                    values = _scaled(raw, slope, inter)
-                    bad = ~np.isfinite(values)
-                    n_nonfinite += int(np.count_nonzero(bad[:, first]))
-                    values[bad] = 0.0
-                    sums = weights.apply_gathered(values)
-                out[t0 : t0 + sums.shape[0]] = sums
-                t0 += sums.shape[0]
+            for block, slope, inter in _iter_raw_blocks(img, length, entries, block_bytes):
+                for i in range(0, block.shape[0], step):
+                    raw = block[i : i + step]
+                    sums = weights.apply_gathered(raw)
+                    if slope != 1.0:
+                        sums *= slope
+                    if inter != 0.0:
+                        sums += inter * weight_sums
+                    if not np.isfinite(sums).all():
+                        values = _scaled(raw, slope, inter)
+                        bad = ~np.isfinite(values)
+                        n_nonfinite += int(np.count_nonzero(bad[:, first]))
+                        values[bad] = 0.0
+                        sums = weights.apply_gathered(values)
+                    out[t0 : t0 + sums.shape[0]] = sums
+                    t0 += sums.shape[0]
         return ReduceResult(signals=out, n_nonfinite=n_nonfinite)
 
     def iter_voxel_blocks(
@@ -403,7 +424,7 @@ def _iter_raw_blocks(
         for raw in _iter_file_blocks(img, n_vol, voxels, block_bytes):
             yield raw, slope, inter
     else:
-        for block in _iter_memory_blocks(img, n_vol, voxels):
+        for block in _iter_memory_blocks(img, n_vol, voxels, block_bytes):
             yield block, 1.0, 0.0
 
 
@@ -417,7 +438,10 @@ def _scaled(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
 
 
 def _iter_memory_blocks(
-    img: nib.spatialimages.SpatialImage, n_vol: int, voxels: np.ndarray | None
+    img: nib.spatialimages.SpatialImage,
+    n_vol: int,
+    voxels: np.ndarray | None,
+    block_bytes: int,
 ) -> Iterator[np.ndarray]:
     shape3 = tuple(int(n) for n in img.shape[:3])
     data = np.asanyarray(img.dataobj)  # an in-memory array: no copy
@@ -427,8 +451,10 @@ def _iter_memory_blocks(
             yield np.asarray(data[..., t], dtype=np.float64).reshape(1, -1, order="F")
         return
     ijk = np.unravel_index(voxels, shape3, order="F")
-    gathered = np.asarray(data[ijk[0], ijk[1], ijk[2], :], dtype=np.float64)  # (n_vox, n_vol)
-    yield np.ascontiguousarray(gathered.T)
+    step = max(1, block_bytes // max(1, 8 * voxels.size))  # float64 (step, n_voxels) blocks
+    for t0 in range(0, n_vol, step):
+        gathered = data[ijk[0], ijk[1], ijk[2], t0 : t0 + step]  # (n_voxels, step)
+        yield np.ascontiguousarray(np.asarray(gathered, dtype=np.float64).T)
 
 
 class _Inflater:
@@ -519,15 +545,14 @@ class _ZlibReader(_Inflater):
         return filled
 
     def _next_member(self) -> bool:
-        rest = self._inflater.unused_data
-        while len(rest.lstrip(b"\x00")) < 2:
+        rest = self._inflater.unused_data.lstrip(b"\x00")
+        while len(rest) < 2:  # zero padding is dropped chunk by chunk as it is read
             more = self._fp.read(self._CHUNK)
             if not more:
-                if rest.lstrip(b"\x00"):
+                if rest:
                     raise OSError("trailing garbage after the gzip data")
                 return False
-            rest += more
-        rest = rest.lstrip(b"\x00")
+            rest = (rest + more) if rest else more.lstrip(b"\x00")
         if rest[:2] != _GZIP_MAGIC:
             raise OSError("trailing garbage after the gzip data")
         self._inflater = zlib.decompressobj(31)

@@ -26,7 +26,7 @@ import pytest
 
 from bids_spheres import group
 from bids_spheres.config import RunConfig
-from bids_spheres.errors import MissingInputError
+from bids_spheres.errors import MissingInputError, UsageError
 
 ATLAS = "test"
 DESC = "simple"
@@ -711,3 +711,21 @@ def test_session_task_and_run_restrict_the_group(tmp_path: Path) -> None:
     assert len(table) == 5 and set(table["timeseries"].str.contains("_run-1_")) == {True}
     with pytest.raises(MissingInputError, match=r"for task\(s\) nback; run\(s\) 2"):
         group.run(config_for(out, bids, task=("nback",), run=("2",)))
+
+
+def test_filtered_out_participants_are_not_reported_missing(tmp_path: Path, caplog) -> None:
+    out, bids, _runs = standard_dataset(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="bids_spheres"):
+        group.run(config_for(out, bids, session_label=("2",)))
+    missing = [
+        r.getMessage() for r in caplog.records if "no participant-level output" in r.message
+    ]
+    assert missing and missing[0].endswith("sub-05, sub-06")  # not sub-01/03/04: filtered out
+
+
+def test_filter_runs_accepts_single_labels_and_refuses_bad_run_numbers(tmp_path: Path) -> None:
+    out, _bids, _runs = standard_dataset(tmp_path)
+    assert len(group.find_runs(out, "01", task="rest")) == 2  # a str is one label
+    assert len(group.find_runs(out, run=2)) == 2
+    with pytest.raises(UsageError, match="run 'a' is not a run number"):
+        group.find_runs(out, run=("a",))

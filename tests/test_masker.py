@@ -239,6 +239,8 @@ def test_dtype_choices() -> None:
     assert NiftiSpheresMasker(seeds).fit_transform(img64).dtype == np.float64
     assert NiftiSpheresMasker(seeds, dtype="auto").fit_transform(img64).dtype == np.float32
     assert NiftiSpheresMasker(seeds, dtype=np.float64).fit_transform(img).dtype == np.float64
+    big_endian = nib.Nifti1Image(img.get_fdata(dtype=np.float64).astype(">f8"), AFFINE_2MM)
+    assert NiftiSpheresMasker(seeds).fit_transform(big_endian).dtype == np.float64
 
 
 def test_memory_caches_extraction(tmp_path: Path) -> None:
@@ -255,6 +257,19 @@ def test_memory_caches_extraction(tmp_path: Path) -> None:
         tmp_path / "bold.nii.gz"
     )
     np.testing.assert_array_equal(first, third)
+
+
+def test_memory_cache_tells_in_memory_parts_of_a_list_apart(tmp_path: Path) -> None:
+    vol = _img(n_vol=1, shape=(21, 21, 21))
+    nib.save(vol, tmp_path / "vol.nii.gz")
+    shifted = nib.Nifti1Image(np.asanyarray(vol.dataobj)[..., 0] + 100, AFFINE_2MM)
+    kw = {"radius": 4.0, "memory": str(tmp_path / "cache"), "memory_level": 1}
+    first = NiftiSpheresMasker([(0, 0, 0)], **kw).fit_transform([tmp_path / "vol.nii.gz", vol])
+    second = NiftiSpheresMasker([(0, 0, 0)], **kw).fit_transform(
+        [tmp_path / "vol.nii.gz", shifted]
+    )
+    np.testing.assert_allclose(second[1] - first[1], 100.0, rtol=1e-6)  # not a stale hit
+    np.testing.assert_array_equal(second[0], first[0])
 
 
 def test_verbose_prints(capsys: pytest.CaptureFixture[str]) -> None:

@@ -222,3 +222,30 @@ def test_reduce_scales_sums_and_counts_each_bad_voxel_once(tmp_path: Path, suffi
         axis=1,
     )
     np.testing.assert_allclose(result.signals, expected, rtol=1e-13)
+
+
+def test_reduce_bounds_memory_when_weights_outnumber_voxels(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from bids_spheres import spheres
+
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(30, 30, 30, 120)).astype(np.float32)
+    img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    seeds = rng.uniform(10, 50, size=(60, 3))
+    g = spheres.membership(seeds, np.full(60, 8.0), img.affine, data.shape[:3])
+    w = spheres.smoothing_weights(g, 8.0)  # heavy overlap: entries >> voxels
+    weights = w.matrix
+    assert weights.nnz > 5 * w.voxels.size
+    expected = reading.open_source(img).reduce(w.voxels, weights, block_bytes=1).signals
+    for source in (img, tmp_path / "b.nii"):
+        if not isinstance(source, nib.Nifti1Image):
+            nib.save(img, source)
+            source = str(source)
+        tracemalloc.start()
+        got = reading.open_source(source).reduce(w.voxels, weights, block_bytes=4 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_allclose(got.signals, expected, rtol=1e-12)
+        # the whole gathered run would be 120 x nnz x 8 bytes several times over
+        assert peak < 120 * weights.nnz * 8 / 2, (source, peak, weights.nnz)
