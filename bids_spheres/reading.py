@@ -11,7 +11,9 @@ result; any other file goes through ``nibabel.load``).
 :meth:`VolumeSource.reduce` then makes ONE sequential
 pass over the data and returns, per volume, weighted sums of the requested
 voxels (a sphere mean is such a sum). It never holds more than a small block
-of volumes (``block_bytes``, 8 MiB by default) plus the requested voxels:
+of volumes (``block_bytes``, 8 MiB by default) plus the values of the weighted
+voxels of that block (one per weight, so overlapping spheres and smoothing count
+several times), taken ``block_bytes`` of float64 at a time (at least one volume):
 
 * files are read straight from disk in on-disk order with ``readinto`` into a
   reused buffer; gzip files are inflated as a stream with ``isal`` (Intel
@@ -20,7 +22,9 @@ of volumes (``block_bytes``, 8 MiB by default) plus the requested voxels:
   of each volume that hold the requested voxels are read (``preadv``, in
   on-disk order, so still one forward pass);
 * the on-disk data type and byte order, ``scl_slope`` and ``scl_inter`` are
-  honoured exactly as nibabel applies them, and computation is float64;
+  honoured as nibabel applies them (in :meth:`VolumeSource.reduce` the scaling
+  is applied to the weighted sums, which is the same up to rounding), and
+  computation is float64;
 * an image already in memory is used as it is (no copy of the 4D array).
 
 Non-finite voxel values are replaced by 0 (as nilearn does) and counted in
