@@ -106,6 +106,15 @@ def _label(prefix: str):
     return parse
 
 
+def _run_number(text: str) -> str:
+    value = text[len("run-") :] if text.startswith("run-") else text
+    if not value.isascii() or not value.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a run number (digits only, optionally prefixed with 'run-')"
+        )
+    return value
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -155,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sessions to process (with or without 'ses-')",
     )
     sel.add_argument("--task", nargs="+", type=_label("task-"), help="tasks to process")
-    sel.add_argument("--run", nargs="+", type=_label("run-"), help="run labels to process")
+    sel.add_argument("--run", nargs="+", type=_run_number, help="run numbers to process")
     sel.add_argument(
         "--space",
         default="MNI152NLin2009cAsym",

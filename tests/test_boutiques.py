@@ -128,7 +128,8 @@ def test_type_bounds_and_lists(action: argparse.Action, spec: dict) -> None:
         assert spec["type"] == ("File" if dest in INPUT_PATHS else "String")
         return
     if spec["type"] == "String":
-        value = action.type("abc1") if action.type else "abc1"
+        sample = "01" if dest == "run" else "abc1"  # run numbers are strings of digits
+        value = action.type(sample) if action.type else sample
         assert isinstance(value, str)
         return
     assert spec["type"] == "Number", spec

@@ -52,6 +52,15 @@ def test_unsafe_labels_are_refused(label: str) -> None:
     assert info.value.code == 64
 
 
+def test_run_takes_numbers_only(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["in", "out", "group", "--run", "run-01", "2"])
+    assert args.run == ["01", "2"]
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["in", "out", "group", "--run", "a"])
+    assert info.value.code == 64
+    assert "'a' is not a run number" in capsys.readouterr().err
+
+
 def test_high_pass_must_be_below_low_pass(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
