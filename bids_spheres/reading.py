@@ -626,7 +626,12 @@ def _iter_file_blocks(
             )
             if runs is None:
                 row_items = vol_items
-                blocks = _read_volumes(fh, offset, n_vol, vol_bytes, block_bytes, path)
+                per_block = block_bytes // vol_bytes
+                if voxels is not None:  # and the gathered float64 values stay within it too
+                    per_block = min(per_block, block_bytes // (8 * max(1, voxels.size)))
+                blocks = _read_volumes(
+                    fh, offset, n_vol, vol_bytes, vol_bytes * max(1, per_block), path
+                )
             else:
                 # Uncompressed file: read only the runs of each volume holding the voxels.
                 starts, lengths, voxels = runs
