@@ -18,9 +18,11 @@ several times), taken ``block_bytes`` of float64 at a time (at least one volume)
 * files are read straight from disk in on-disk order with ``readinto`` into a
   reused buffer; gzip files are inflated as a stream with ``isal`` (Intel
   ISA-L, about twice as fast as the standard library) when installed, else
-  with the standard library's zlib; from an uncompressed file only the runs
-  of each volume that hold the requested voxels are read (``preadv``, in
-  on-disk order, so still one forward pass);
+  with the standard library's zlib; on two or more cores a second thread
+  inflates the next block while the caller extracts from this one (inflating
+  releases the GIL; ``BIDS_SPHERES_READ_AHEAD=0`` switches it off); from an
+  uncompressed file only the runs of each volume that hold the requested
+  voxels are read (``preadv``, in on-disk order, so still one forward pass);
 * the on-disk data type and byte order, ``scl_slope`` and ``scl_inter`` are
   honoured as nibabel applies them (in :meth:`VolumeSource.reduce` the scaling
   is applied to the weighted sums, which is the same up to rounding), and
@@ -37,7 +39,9 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import sys
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -618,6 +622,7 @@ def _iter_file_blocks(
     except OSError as exc:
         raise ValueError(f"cannot open {path}: {exc}") from exc
     with fh:
+        blocks = None
         try:
             runs = (
                 _voxel_runs(voxels, vol_items, dtype.itemsize)
@@ -629,9 +634,8 @@ def _iter_file_blocks(
                 per_block = block_bytes // vol_bytes
                 if voxels is not None:  # and the gathered float64 values stay within it too
                     per_block = min(per_block, block_bytes // (8 * max(1, voxels.size)))
-                blocks = _read_volumes(
-                    fh, offset, n_vol, vol_bytes, vol_bytes * max(1, per_block), path
-                )
+                read = _read_volumes_ahead if _read_ahead(fh, n_vol, per_block) else _read_volumes
+                blocks = read(fh, offset, n_vol, vol_bytes, vol_bytes * max(1, per_block), path)
             else:
                 # Uncompressed file: read only the runs of each volume holding the voxels.
                 starts, lengths, voxels = runs
@@ -662,6 +666,9 @@ def _iter_file_blocks(
                 f"cannot read the data of {path} ({type(exc).__name__}: {exc}); "
                 "the file is incomplete or corrupt, re-copy or regenerate it"
             ) from exc
+        finally:
+            if blocks is not None:
+                blocks.close()  # stops a read-ahead thread before the file is closed
 
 
 def _voxel_runs(
@@ -727,6 +734,80 @@ def _read_runs(
             fh.seek(base + start)  # no preadv, or a short read: read it the plain way
             _read_exact(fh, piece, path)
         yield view, 1
+
+
+def _read_ahead(fh: Any, n_vol: int, per_block: int) -> bool:
+    """Whether to inflate the next block in a second thread while this one is used.
+
+    Inflating (isal or zlib) releases the GIL, so on two or more cores the
+    extraction of block k overlaps the inflation of block k + 1. Not for plain
+    files (a read from the page cache is a memory copy) nor for single blocks.
+    Set ``BIDS_SPHERES_READ_AHEAD=0`` to switch it off.
+    """
+    if isinstance(fh, io.FileIO) or n_vol <= max(1, per_block):
+        return False
+    if os.environ.get("BIDS_SPHERES_READ_AHEAD", "1") == "0":
+        return False
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return cores > 1
+
+
+def _read_volumes_ahead(
+    fh: Any,
+    offset: int,
+    n_vol: int,
+    vol_bytes: int,
+    block_bytes: int,
+    path: str,
+) -> Iterator[tuple[memoryview, int]]:
+    """:func:`_read_volumes` with the next block read by a second thread.
+
+    Two buffers take turns: the thread fills one while the caller uses the
+    other, which goes back to the thread when the caller asks for the next
+    block (a block is valid until then, as with :func:`_read_volumes`). The
+    thread's errors are raised in the caller; closing the generator stops and
+    joins the thread (after at most the block it is reading).
+    """
+    per_block = max(1, min(n_vol, block_bytes // max(vol_bytes, 1)))
+    free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+    full: queue.SimpleQueue[tuple[memoryview, int] | BaseException | None] = queue.SimpleQueue()
+    for _ in range(2):
+        free.put(bytearray(per_block * vol_bytes))
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            _skip(fh, offset, path)
+            done = 0
+            while done < n_vol:
+                buf = free.get()
+                if buf is None or stop.is_set():
+                    return
+                n = min(per_block, n_vol - done)
+                view = memoryview(buf)[: n * vol_bytes]
+                _read_exact(fh, view, path)
+                full.put((view, n))
+                done += n
+            full.put(None)
+        except BaseException as exc:  # handed to the caller
+            full.put(exc)
+
+    thread = threading.Thread(target=fill, name="bids_spheres-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := full.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            view, n = item
+            yield view, n
+            free.put(view.obj)
+    finally:
+        stop.set()
+        free.put(None)
+        thread.join()
 
 
 def _read_volumes(

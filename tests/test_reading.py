@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import io
 import subprocess
 import sys
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -251,3 +253,67 @@ def test_reduce_bounds_memory_when_weights_outnumber_voxels(tmp_path: Path) -> N
         # before the fix). Allowed: a few 4 MiB blocks plus index arrays of one volume's
         # entries (entries, their order, i/j/k: ~10 x nnz x 8 bytes), whatever the length.
         assert peak < 4 * (4 << 20) + 10 * weights.nnz * 8, (source, peak, weights.nnz)
+
+
+@pytest.fixture
+def forced_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read ahead whatever the number of cores (the thread path must work anywhere)."""
+    calls = []
+
+    def always(fh, n_vol, per_block) -> bool:
+        calls.append(n_vol)
+        return not isinstance(fh, io.FileIO)
+
+    monkeypatch.setattr(reading, "_read_ahead", always)
+    yield calls
+
+
+def _read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "bids_spheres-read-ahead"]
+
+
+def test_read_ahead_gives_the_same_blocks(
+    tmp_path: Path, inflater: str, forced_read_ahead
+) -> None:
+    path, data = _image(tmp_path)
+    flat = data.reshape(-1, data.shape[3], order="F").T.astype(np.float64)
+    assert np.array_equal(_all_voxels(path), flat)  # one volume per block: 13 blocks
+    assert forced_read_ahead, "the read-ahead path was not taken"
+    voxels = np.array([5, 300, 2])
+    got = np.vstack(list(reading.open_source(str(path)).iter_voxel_blocks(voxels, block_bytes=1)))
+    assert np.array_equal(got, flat[:, voxels])
+    assert not _read_ahead_threads()
+
+
+def test_read_ahead_stops_when_abandoned_and_reports_errors(
+    tmp_path: Path, inflater: str, forced_read_ahead
+) -> None:
+    path, _ = _image(tmp_path)
+    blocks = reading.open_source(str(path)).iter_volumes(block_bytes=1)
+    next(blocks)
+    assert len(_read_ahead_threads()) == 1
+    blocks.close()
+    assert not _read_ahead_threads()
+    path.write_bytes(path.read_bytes()[:3000])  # truncated inside the data
+    with pytest.raises(ValueError, match=rf"{path.name}.*(truncated|corrupt)"):
+        _all_voxels(path)
+    assert not _read_ahead_threads()
+
+
+def test_read_ahead_is_off_for_plain_files_single_blocks_and_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = _image(tmp_path)
+    monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with reading._open_raw(str(path)) as fh:
+        assert reading._read_ahead(fh, 10, 1)
+        assert not reading._read_ahead(fh, 10, 10)  # everything fits in one block
+        monkeypatch.setenv("BIDS_SPHERES_READ_AHEAD", "0")
+        assert not reading._read_ahead(fh, 10, 1)
+    monkeypatch.delenv("BIDS_SPHERES_READ_AHEAD")
+    monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    with reading._open_raw(str(path)) as fh:
+        assert not reading._read_ahead(fh, 10, 1)  # one core: nothing to overlap
+    with open(path, "rb", buffering=0) as fh:
+        monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        assert not reading._read_ahead(fh, 10, 1)
