@@ -726,8 +726,17 @@ def _read_runs(
         packed += length
     fd = fh.fileno()
     preadv = getattr(os, "preadv", None)
+    # Runs with gaps defeat the kernel's sequential read-ahead on a file that is not
+    # in the page cache: ask for the next volume's span in advance (one large
+    # asynchronous read) while this one is read.
+    advise = getattr(os, "posix_fadvise", None)
+    span_start, span_len = int(starts[0]), int(starts[-1] + lengths[-1] - starts[0])
+    if advise is not None:
+        advise(fd, offset + span_start, span_len, os.POSIX_FADV_WILLNEED)
     for t in range(n_vol):
         base = offset + t * vol_bytes
+        if advise is not None and t + 1 < n_vol:
+            advise(fd, base + vol_bytes + span_start, span_len, os.POSIX_FADV_WILLNEED)
         for piece, start in pieces:
             if preadv is not None and preadv(fd, [piece], base + start) == len(piece):
                 continue
