@@ -729,20 +729,34 @@ def _read_runs(
     # Runs with gaps defeat the kernel's sequential read-ahead on a file that is not
     # in the page cache: ask for the next volume's span in advance (one large
     # asynchronous read) while this one is read.
-    advise = getattr(os, "posix_fadvise", None)
     span_start, span_len = int(starts[0]), int(starts[-1] + lengths[-1] - starts[0])
-    if advise is not None:
-        advise(fd, offset + span_start, span_len, os.POSIX_FADV_WILLNEED)
+    advise = _will_need(fd, offset + span_start, span_len)
     for t in range(n_vol):
         base = offset + t * vol_bytes
-        if advise is not None and t + 1 < n_vol:
-            advise(fd, base + vol_bytes + span_start, span_len, os.POSIX_FADV_WILLNEED)
+        if advise and t + 1 < n_vol:
+            advise = _will_need(fd, base + vol_bytes + span_start, span_len)
         for piece, start in pieces:
             if preadv is not None and preadv(fd, [piece], base + start) == len(piece):
                 continue
             fh.seek(base + start)  # no preadv, or a short read: read it the plain way
             _read_exact(fh, piece, path)
         yield view, 1
+
+
+def _will_need(fd: int, offset: int, length: int) -> bool:
+    """Hint the kernel to read ``[offset, offset + length)`` soon; False if it cannot.
+
+    Only a hint: a file system that refuses it (or a platform without
+    ``posix_fadvise``) is read all the same, never reported as an error.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return False
+    try:
+        advise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        return False
+    return True
 
 
 def _read_ahead(fh: Any, n_vol: int, per_block: int) -> bool:
