@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bids_spheres.errors import MissingInputError, OutputError, UsageError, one_line
+from bids_spheres.errors import MissingInputError, UsageError, one_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -197,13 +197,10 @@ def run(config: RunConfig) -> int:
             "sub-*/func and sub-*/ses-*/func for *_atlas-*_desc-*_timeseries.tsv/.json); "
             "run the participant level first or check output_dir"
         )
+    from bids_spheres.outputs import atomic_write_text, prepare_dir
+
     group_dir = output_dir / "group"
-    try:
-        group_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot create {group_dir} ({exc.strerror}); make output_dir writable"
-        ) from exc
+    prepare_dir(group_dir, "group directory")
 
     combos: dict[tuple[str, str], _Combination] = {}
     for files in runs:
@@ -226,7 +223,6 @@ def run(config: RunConfig) -> int:
         )
 
     from bids_spheres import __version__, report
-    from bids_spheres.outputs import atomic_write_text
 
     html = report.render(
         summaries,

@@ -429,6 +429,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return target
 
 
+def prepare_dir(path: Path, what: str) -> None:
+    """Create ``path`` (and parents) and check it is writable.
+
+    Raises
+    ------
+    OutputError
+        It cannot be created or written; the message names ``what`` and the path.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create the {what} {path} ({exc.strerror}); choose a writable location"
+        ) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"the {what} {path} is not writable; choose a writable location")
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_write_bytes`).
 

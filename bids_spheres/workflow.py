@@ -36,7 +36,6 @@ from bids_spheres.errors import (
     DataError,
     MissingInputError,
     NothingSelectedError,
-    OutputError,
     UsageError,
     ValidationError,
     one_line,
@@ -75,8 +74,8 @@ class RunResult:
 def participant(config: RunConfig) -> int:
     """Run the participant level; return the exit code (0 ok, 1 some runs failed)."""
     _check_bids_dir(config)
-    _prepare_dir(config.output_dir, "output_dir")
-    _prepare_dir(config.work_dir, "work directory")
+    outputs.prepare_dir(config.output_dir, "output_dir")
+    outputs.prepare_dir(config.work_dir, "work directory")
 
     raw_root, fmriprep_root = discovery.find_fmriprep_dir(config.bids_dir, config.derivatives)
     # The pybids index grows with the input tree (~40 KB per run); building and querying
@@ -137,7 +136,7 @@ def group(config: RunConfig) -> int:
     """Run the group level (reads only what the participant level wrote)."""
     from bids_spheres import group as group_level
 
-    _prepare_dir(config.work_dir, "work directory")
+    outputs.prepare_dir(config.work_dir, "work directory")
     configured = os.environ.get("MPLCONFIGDIR")
     if configured:
         try:
@@ -664,14 +663,3 @@ def _check_bids_dir(config: RunConfig) -> None:
             f"{config.bids_dir} is not a BIDS dataset (no dataset_description.json); point "
             "bids_dir at the dataset root or pass --skip-bids-validator"
         )
-
-
-def _prepare_dir(path: Path, what: str) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot create the {what} {path} ({exc.strerror}); choose a writable location"
-        ) from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OutputError(f"the {what} {path} is not writable; choose a writable location")

@@ -26,7 +26,7 @@ import pytest
 
 from bids_spheres import group
 from bids_spheres.config import RunConfig
-from bids_spheres.errors import MissingInputError, UsageError
+from bids_spheres.errors import MissingInputError, OutputError, UsageError
 
 ATLAS = "test"
 DESC = "simple"
@@ -729,3 +729,11 @@ def test_filter_runs_accepts_single_labels_and_refuses_bad_run_numbers(tmp_path:
     assert len(group.find_runs(out, run=2)) == 2
     with pytest.raises(UsageError, match="run 'a' is not a run number"):
         group.find_runs(out, run=("a",))
+
+
+def test_unwritable_group_directory_is_an_output_error(tmp_path: Path) -> None:
+    out, bids, _runs = standard_dataset(tmp_path)
+    (out / "group").write_text("a file where the folder should be")
+    with pytest.raises(OutputError, match=r"cannot create the group directory .*group") as info:
+        group.run(config_for(out, bids))
+    assert info.value.exit_code == 73
