@@ -2,7 +2,7 @@
 
 Times, each in a fresh process: the default pybids indexer
 (``BIDSLayout(root, validate=False, is_derivative=True)``), ours
-(:func:`bids_spheres.discovery.make_layout` into a new database directory),
+(:func:`bids_spheres.app.discovery.make_layout` into a new database directory),
 ours again reusing that database (a second start), and ``collect_runs`` over
 all runs. The tree has what fMRIPrep 23 writes per subject (anat/, figures/,
 func/ with two runs in two spaces plus CIFTI, surfaces and transforms, log/).
@@ -109,7 +109,7 @@ print(time.perf_counter() - t, len(layout.get(return_type="filename")))
     "ours": """
 import sys, time
 t = time.perf_counter()
-from bids_spheres.discovery import make_layout, collect_runs
+from bids_spheres.app.discovery import make_layout, collect_runs
 layout = make_layout(sys.argv[1], sys.argv[2])
 t1 = time.perf_counter()
 runs = collect_runs(layout, space="MNI152NLin2009cAsym:res-2")

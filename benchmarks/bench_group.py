@@ -3,7 +3,7 @@
 Builds synthetic participant-level outputs (one run per participant, the 264
 power2011 seeds, as ``workflow._process`` writes them: timeseries TSV + JSON
 sidecar, relmat TSV + JSON, the root seed table) in a temporary directory,
-then runs :func:`bids_spheres.group.run` in a fresh Python process per size
+then runs :func:`bids_spheres.app.group.run` in a fresh Python process per size
 and prints its wall time and peak resident memory (``ru_maxrss``). The group
 level streams run by run, so peak memory should barely move between 250 and
 1000 runs while time grows linearly.
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_spheres import outputs, seeds
+from bids_spheres.app import outputs, seeds
 
 POOL = 24  # distinct relmat / timeseries files shared by hard links
 ATLAS, DESC, SPACE = "power2011", "simple", "MNI152NLin2009cAsym"
@@ -41,10 +41,10 @@ ATLAS, DESC, SPACE = "power2011", "simple", "MNI152NLin2009cAsym"
 _CHILD = """
 import json, logging, resource, sys, time
 t0 = time.perf_counter()
-from bids_spheres import group, report
-from bids_spheres.report import plotting
+from bids_spheres.app import group, report
+from bids_spheres.app.report import plotting
 import matplotlib
-from bids_spheres.config import RunConfig
+from bids_spheres.app.config import RunConfig
 from pathlib import Path
 imported = time.perf_counter() - t0
 rss_imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -71,7 +71,7 @@ def _child(spec: dict) -> None:
         result["c_work"] = time.process_time() - c1
     elif kind == "floor-raw":
         # isal's C reader used directly: inflates straight into the buffer (what
-        # bids_spheres.reading does); igzip.open().readinto adds a copy through read().
+        # bids_spheres.masker.reading does); igzip.open().readinto adds a copy through read().
         t0 = time.perf_counter()
         from isal import igzip
         from isal.isal_zlib import _GzipReader
@@ -151,7 +151,7 @@ def _child_masker(spec: dict) -> dict:
     import numpy as np
 
     if spec["kind"] == "ours":
-        from bids_spheres.masker import NiftiSpheresMasker
+        from bids_spheres.masker.estimator import NiftiSpheresMasker
     else:
         import warnings
 
@@ -187,7 +187,7 @@ def _child_geometry(spec: dict) -> dict:
     t0 = time.perf_counter()
     import numpy as np
 
-    from bids_spheres import spheres
+    from bids_spheres.masker import geometry as spheres
 
     t1 = time.perf_counter()
     seeds = np.load(spec["seeds"])
@@ -307,7 +307,7 @@ def _child_generate(spec: dict) -> dict:
 
     import numpy as np
 
-    from bids_spheres import seeds as seeds_mod
+    from bids_spheres.app import seeds as seeds_mod
 
     n_short, n_long = spec["n_short"], spec["n_long"]
     files = _data_files(spec["data_dir"], n_short, n_long)
@@ -575,10 +575,10 @@ def build_measures(files: dict[str, Path], args: argparse.Namespace, out_dir: Pa
         ("scipy.sparse", "import scipy.sparse"),
         ("pandas", "import pandas"),
         ("scipy.signal", "import scipy.signal"),
-        ("bids_spheres.reading", "import bids_spheres.reading"),
-        ("bids_spheres.spheres", "import bids_spheres.spheres"),
-        ("bids_spheres.signal", "import bids_spheres.signal"),
-        ("bids_spheres.masker", "import bids_spheres.masker"),
+        ("bids_spheres.masker.reading", "import bids_spheres.masker.reading"),
+        ("bids_spheres.masker.geometry", "import bids_spheres.masker.geometry"),
+        ("bids_spheres.masker.signal", "import bids_spheres.masker.signal"),
+        ("bids_spheres.masker.estimator", "import bids_spheres.masker.estimator"),
         ("nilearn.maskers", "import nilearn.maskers"),
     ):
         ms.append(Measure("import", label, {"kind": "import", "code": code}))
@@ -820,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         ms = build_measures(files, args, out_dir)
         warm_cache([files[k] for k in ("short_gz", "long_gz", "short_nii")])
         # untimed: fill the bytecode cache of every module the children import
-        warm = "import bids_spheres.masker, bids_spheres.seeds, nilearn.maskers, pandas, isal"
+        warm = "import bids_spheres.masker, bids_spheres.app.seeds, nilearn.maskers, pandas, isal"
         _run_child({"kind": "import", "code": warm}, {}, out_dir)
         if args.profile:
             for m in ms:

@@ -96,7 +96,7 @@ def build_tree(root: Path, n_runs: int) -> Path:
 
 CHILD = """
 import json, resource, sys, time
-from bids_spheres.cli import main
+from bids_spheres.app.cli import main
 t0 = time.perf_counter()
 code = main(sys.argv[1:])
 wall = time.perf_counter() - t0

@@ -2,8 +2,8 @@
 
 The package exposes :class:`NiftiSpheresMasker`, a drop-in replacement for
 nilearn's masker of the same name, and :func:`clean`, the signal cleaning it
-uses. The BIDS-App lives in :mod:`bids_spheres.cli`. Both names are imported
-lazily so that ``import bids_spheres.seeds`` stays light; so is ``__version__``.
+uses. The BIDS-App lives in :mod:`bids_spheres.app.cli`. Both names are imported
+lazily so that ``import bids_spheres.app.seeds`` stays light; so is ``__version__``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
 
         return NiftiSpheresMasker
     if name == "clean":
-        from bids_spheres.signal import clean
+        from bids_spheres.masker.signal import clean
 
         return clean
     raise AttributeError(f"module 'bids_spheres' has no attribute {name!r}")

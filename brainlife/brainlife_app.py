@@ -3,7 +3,7 @@
 What it promises
 ----------------
 :func:`build_argv` turns brainlife's ``config.json`` (a flat JSON object) into the
-argument list of ``bids_spheres.cli.main`` -- nothing else; :func:`main` reads the file,
+argument list of ``bids_spheres.app.cli.main`` -- nothing else; :func:`main` reads the file,
 runs the app and writes ``product.json`` (brainlife's task summary). Paths in the config
 are taken relative to the directory of ``config.json``.
 
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write_product(args.product, "error", message, [])
         return USAGE_EXIT
 
-    from bids_spheres.cli import main as bids_spheres_main
+    from bids_spheres.app.cli import main as bids_spheres_main
 
     code = 0
     for command in commands:

@@ -1,0 +1,379 @@
+"""Command line: ``bids_spheres <bids_dir> <output_dir> participant|group [options]``.
+
+Promise
+-------
+:func:`build_parser` builds the argparse parser (no parsing, no side
+effects); :func:`main` parses, checks arguments across each other (through
+:meth:`bids_spheres.app.config.RunConfig.from_args`), runs the requested level
+and turns every error a user can cause into ONE line on stderr and a BIDS-App
+exit code: 0 success, 1 some runs failed, 16 validation, 17 unknown analysis
+level, 18 filters selected nothing, 64 usage (argparse's 2 is never used),
+65 bad data, 66 missing input, 73 cannot create output. Tracebacks are shown
+only with ``-vv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from bids_spheres import __version__
+from bids_spheres.errors import BidsSpheresError, one_line
+
+__all__ = ["EXIT_CODES", "build_parser", "main"]
+
+EXIT_CODES = {
+    "ok": 0,
+    "some runs failed": 1,
+    "validation": 16,
+    "unknown level": 17,
+    "nothing selected": 18,
+    "usage": 64,
+    "bad data": 65,
+    "missing input": 66,
+    "cannot write": 73,
+}
+ANALYSIS_LEVELS = ("participant", "group")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the BIDS-App usage exit code (64) instead of 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(64, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative number")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction between 0 and 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _label(prefix: str):
+    def parse(text: str) -> str:
+        value = text[len(prefix) :] if text.startswith(prefix) else text
+        if not value or not value.isascii() or not value.isalnum():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a valid BIDS label (letters and digits only, "
+                f"optionally prefixed with {prefix!r})"
+            )
+        return value
+
+    parse.__name__ = f"{prefix.rstrip('-')} label"
+    return parse
+
+
+def _run_number(text: str) -> str:
+    value = text[len("run-") :] if text.startswith("run-") else text
+    if not value.isascii() or not value.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a run number (digits only, optionally prefixed with 'run-')"
+        )
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {text}")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The bids_spheres argument parser (BIDS-App conventions)."""
+    parser = _Parser(
+        prog="bids_spheres",
+        description=(
+            "Denoised sphere (seed) timeseries from fMRIPrep outputs, written as a "
+            "BIDS-Derivatives dataset."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "bids_dir",
+        type=Path,
+        help="an fMRIPrep output dataset, or a raw BIDS dataset with derivatives/fmriprep "
+        "(or with --derivatives)",
+    )
+    parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
+    parser.add_argument(
+        "analysis_level", metavar="{participant,group}", help="processing stage to run"
+    )
+    parser.add_argument("--version", action="version", version=f"bids_spheres {__version__}")
+
+    sel = parser.add_argument_group("selecting runs")
+    sel.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="participant_label",
+        nargs="+",
+        type=_label("sub-"),
+        metavar="LABEL",
+        help="participants to process (with or without 'sub-'); default: all",
+    )
+    sel.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="session_label",
+        nargs="+",
+        type=_label("ses-"),
+        metavar="LABEL",
+        help="sessions to process (with or without 'ses-')",
+    )
+    sel.add_argument("--task", nargs="+", type=_label("task-"), help="tasks to process")
+    sel.add_argument("--run", nargs="+", type=_run_number, help="run numbers to process")
+    sel.add_argument(
+        "--space",
+        default="MNI152NLin2009cAsym",
+        help="template space of the BOLD runs, optionally with a resolution as fMRIPrep "
+        "writes it, e.g. MNI152NLin2009cAsym:res-2",
+    )
+    sel.add_argument(
+        "--bids-filter-file",
+        type=_existing_file,
+        metavar="FILE",
+        help='JSON of entity filters, e.g. {"bold": {"session": "01", "acquisition": '
+        'null}}; null = entity absent, "*" = any value',
+    )
+    sel.add_argument(
+        "--derivatives",
+        type=Path,
+        metavar="PATH",
+        help="the fMRIPrep output directory when bids_dir is a raw dataset",
+    )
+
+    spheres = parser.add_argument_group("seeds and spheres")
+    spheres.add_argument(
+        "--seeds",
+        default="power2011",
+        help="a seeds TSV (columns name x y z [radius network]) or a built-in set: "
+        "power2011, dosenbach2010, seitzman2018",
+    )
+    spheres.add_argument(
+        "--radius",
+        type=_non_negative_float,
+        default=5.0,
+        help="sphere radius in mm for seeds whose TSV gives none (0 = the nearest voxel)",
+    )
+    spheres.add_argument(
+        "--allow-overlap", action="store_true", help="allow spheres to share voxels"
+    )
+    spheres.add_argument(
+        "--mask",
+        default="fmriprep",
+        help="restrict spheres to: 'fmriprep' (each run's brain mask), 'template' "
+        "(TemplateFlow brain mask of the space), 'none', or a mask NIfTI path",
+    )
+    spheres.add_argument(
+        "--min-coverage",
+        type=_fraction,
+        default=0.5,
+        help="seeds whose sphere has a smaller fraction of voxels inside the mask are "
+        "written as n/a",
+    )
+
+    clean = parser.add_argument_group("denoising")
+    clean.add_argument(
+        "--denoise-strategy",
+        default="simple",
+        help="confound preset (none, simple, simple+gsr, scrubbing, scrubbing+gsr, compcor, "
+        "aroma, 24p, 36p) or a strategy JSON file",
+    )
+    clean.add_argument(
+        "--fd-threshold",
+        type=_positive_float,
+        help="scrub volumes with framewise displacement above this (mm); overrides the strategy",
+    )
+    clean.add_argument(
+        "--dvars-threshold",
+        type=_positive_float,
+        help="scrub volumes with standardized DVARS above this; overrides the strategy",
+    )
+    clean.add_argument(
+        "--dummy-scans",
+        type=_non_negative_int,
+        help="drop this many initial volumes (default: fMRIPrep's non-steady-state outliers)",
+    )
+    clean.add_argument(
+        "--smoothing-fwhm", type=_positive_float, metavar="MM", help="Gaussian smoothing FWHM"
+    )
+    clean.add_argument(
+        "--standardize",
+        default="zscore_sample",
+        choices=["zscore", "zscore_sample", "psc", "none"],
+        help="standardization of the output timeseries",
+    )
+    detrend = clean.add_mutually_exclusive_group()
+    detrend.add_argument(
+        "--detrend",
+        dest="detrend",
+        action="store_true",
+        default=True,
+        help="remove linear trends",
+    )
+    detrend.add_argument("--no-detrend", dest="detrend", action="store_false")
+    clean.add_argument("--high-pass", type=_positive_float, metavar="HZ", help="high-pass cut-off")
+    clean.add_argument("--low-pass", type=_positive_float, metavar="HZ", help="low-pass cut-off")
+
+    group = parser.add_argument_group("group level")
+    group.add_argument(
+        "--max-mean-fd",
+        type=_positive_float,
+        default=0.5,
+        help="runs with a larger mean FD (mm) are not usable in group summaries",
+    )
+    group.add_argument(
+        "--min-volumes",
+        type=_positive_int,
+        default=50,
+        help="runs with fewer kept volumes are not usable in group summaries",
+    )
+
+    other = parser.add_argument_group("execution")
+    other.add_argument("--nprocs", type=_positive_int, default=1, help="runs processed at once")
+    other.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="run each BOLD run as a task on this existing Dask distributed scheduler "
+        "(e.g. tcp://10.0.0.5:8786; needs bids_spheres[dask])",
+    )
+    other.add_argument(
+        "--work-dir",
+        "-w",
+        type=Path,
+        help="scratch directory (pybids index, caches); default: OUTPUT_DIR/.work",
+    )
+    other.add_argument(
+        "--bids-database-dir",
+        type=Path,
+        metavar="PATH",
+        help="pybids database to create or reuse (share one between jobs)",
+    )
+    other.add_argument(
+        "--overwrite", action="store_true", help="recompute runs that are already finished"
+    )
+    other.add_argument(
+        "--skip-bids-validator",
+        action="store_true",
+        help="do not check that bids_dir looks like a BIDS dataset",
+    )
+    verbosity = other.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more messages (-vv: debug)"
+    )
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run bids_spheres; return the exit code (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    log = logging.getLogger("bids_spheres")
+    if args.analysis_level not in ANALYSIS_LEVELS:
+        print(
+            f"bids_spheres: error: unknown analysis level {args.analysis_level!r}; "
+            f"choose one of: {', '.join(ANALYSIS_LEVELS)}",
+            file=sys.stderr,
+        )
+        return 17
+    try:
+        from bids_spheres.app import workflow
+        from bids_spheres.app.config import RunConfig
+
+        config = RunConfig.from_args(args)
+        if config.analysis_level == "participant":
+            return workflow.participant(config)
+        return workflow.group(config)
+    except BidsSpheresError as exc:
+        if args.verbose >= 2:
+            log.exception("details")
+        print(f"bids_spheres: error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bids_spheres: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure is still one line
+        if args.verbose >= 2:
+            log.exception("details")
+        print(
+            f"bids_spheres: internal error: {type(exc).__name__}: {one_line(exc)} "
+            "(rerun with -vv for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else logging.WARNING - 10 * min(verbose + 1, 2)
+    root = logging.getLogger("bids_spheres")
+    root.setLevel(level)
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.propagate = False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

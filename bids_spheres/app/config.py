@@ -1,0 +1,189 @@
+"""RunConfig: every setting of one bids_spheres invocation, built once, frozen.
+
+Promise
+-------
+:meth:`RunConfig.from_args` turns parsed command-line arguments into a frozen
+dataclass after the checks that involve several arguments (``high_pass <
+low_pass``; output_dir not the input dataset; a readable filter file;
+``--space`` syntax), raising :class:`~bids_spheres.errors.UsageError` with the
+fix. :meth:`RunConfig.cleaning_parameters` is the part that defines the
+numbers written (used for provenance and for the "already finished" check);
+:meth:`RunConfig.to_json` is everything, for provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bids_spheres.errors import UsageError
+
+__all__ = ["RunConfig", "parse_space"]
+
+_SPACE = re.compile(r"^(?P<space>[A-Za-z0-9]+)(:res-(?P<res>[A-Za-z0-9]+))?$")
+
+
+def parse_space(text: str) -> tuple[str, str | None]:
+    """Split fMRIPrep's ``SPACE[:res-N]`` syntax into (space, res or None)."""
+    match = _SPACE.match(text)
+    if not match:
+        raise UsageError(
+            f"--space {text!r} is not valid; give a template name with an optional "
+            "resolution, e.g. MNI152NLin2009cAsym or MNI152NLin2009cAsym:res-2"
+        )
+    return match["space"], match["res"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one invocation (see ``bids_spheres --help`` for each)."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_label: tuple[str, ...] | None = None
+    session_label: tuple[str, ...] | None = None
+    task: tuple[str, ...] | None = None
+    run: tuple[str, ...] | None = None
+    space: str = "MNI152NLin2009cAsym"
+    res: str | None = None
+    bids_filters: dict[str, Any] | None = None
+    derivatives: Path | None = None
+    seeds: str = "power2011"
+    radius: float = 5.0
+    allow_overlap: bool = False
+    mask: str = "fmriprep"
+    min_coverage: float = 0.5
+    denoise_strategy: str = "simple"
+    fd_threshold: float | None = None
+    dvars_threshold: float | None = None
+    dummy_scans: int | None = None
+    smoothing_fwhm: float | None = None
+    standardize: str | None = "zscore_sample"
+    detrend: bool = True
+    high_pass: float | None = None
+    low_pass: float | None = None
+    max_mean_fd: float = 0.5
+    min_volumes: int = 50
+    nprocs: int = 1
+    dask_scheduler: str | None = None
+    bids_database_dir: Path | None = None
+    overwrite: bool = False
+    skip_bids_validator: bool = False
+    verbose: int = 0
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunConfig:
+        """Build and cross-check a RunConfig from ``build_parser().parse_args()``."""
+        from bids_spheres.app import discovery
+
+        bids_dir = Path(args.bids_dir).absolute()
+        output_dir = Path(args.output_dir).absolute()
+        if output_dir == bids_dir:
+            raise UsageError(
+                f"output_dir {output_dir} is the input dataset itself; write the derivatives "
+                f"elsewhere, e.g. {bids_dir}/derivatives/bids_spheres"
+            )
+        if (
+            args.high_pass is not None
+            and args.low_pass is not None
+            and (args.high_pass >= args.low_pass)
+        ):
+            raise UsageError(
+                f"--high-pass {args.high_pass} Hz must be lower than --low-pass {args.low_pass} Hz"
+            )
+        space, res = parse_space(args.space)
+        filters = None
+        if args.bids_filter_file is not None:
+            filters = discovery.load_filter_file(args.bids_filter_file)
+        mask = args.mask
+        if mask not in ("fmriprep", "template", "none"):
+            path = Path(mask)
+            if not path.is_file():
+                raise UsageError(
+                    f"--mask {mask!r} is neither fmriprep, template, none nor an existing "
+                    "mask file"
+                )
+            mask = str(path.absolute())
+        work_dir = Path(args.work_dir).absolute() if args.work_dir else output_dir / ".work"
+        standardize = None if args.standardize == "none" else args.standardize
+
+        def _tuple(value: Any) -> tuple[str, ...] | None:
+            return tuple(dict.fromkeys(value)) if value else None
+
+        return cls(
+            bids_dir=bids_dir,
+            output_dir=output_dir,
+            analysis_level=args.analysis_level,
+            work_dir=work_dir,
+            participant_label=_tuple(args.participant_label),
+            session_label=_tuple(args.session_label),
+            task=_tuple(args.task),
+            run=_tuple(args.run),
+            space=space,
+            res=res,
+            bids_filters=filters,
+            derivatives=Path(args.derivatives).absolute() if args.derivatives else None,
+            seeds=args.seeds,
+            radius=args.radius,
+            allow_overlap=args.allow_overlap,
+            mask=mask,
+            min_coverage=args.min_coverage,
+            denoise_strategy=args.denoise_strategy,
+            fd_threshold=args.fd_threshold,
+            dvars_threshold=args.dvars_threshold,
+            dummy_scans=args.dummy_scans,
+            smoothing_fwhm=args.smoothing_fwhm,
+            standardize=standardize,
+            detrend=args.detrend,
+            high_pass=args.high_pass,
+            low_pass=args.low_pass,
+            max_mean_fd=args.max_mean_fd,
+            min_volumes=args.min_volumes,
+            nprocs=args.nprocs,
+            dask_scheduler=getattr(args, "dask_scheduler", None),
+            bids_database_dir=(
+                Path(args.bids_database_dir).absolute() if args.bids_database_dir else None
+            ),
+            overwrite=args.overwrite,
+            skip_bids_validator=args.skip_bids_validator,
+            verbose=args.verbose,
+            quiet=args.quiet,
+        )
+
+    @property
+    def space_with_res(self) -> str:
+        """``space`` or ``space:res-N`` as fMRIPrep spells it."""
+        return f"{self.space}:res-{self.res}" if self.res else self.space
+
+    def cleaning_parameters(self) -> dict[str, Any]:
+        """The settings that determine the numbers of a run's outputs."""
+        return {
+            "radius_default_mm": self.radius,
+            "allow_overlap": self.allow_overlap,
+            "mask": self.mask,
+            "min_coverage": self.min_coverage,
+            "denoise_strategy": self.denoise_strategy,
+            "fd_threshold": self.fd_threshold,
+            "dvars_threshold": self.dvars_threshold,
+            "dummy_scans": self.dummy_scans,
+            "smoothing_fwhm": self.smoothing_fwhm,
+            "standardize": self.standardize,
+            "detrend": self.detrend,
+            "high_pass": self.high_pass,
+            "low_pass": self.low_pass,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """All settings as JSON-serialisable values."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+        return out

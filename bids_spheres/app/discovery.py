@@ -1,0 +1,1171 @@
+"""Find fMRIPrep outputs and describe each preprocessed BOLD run; extract nothing.
+
+What this module promises
+-------------------------
+* :func:`find_fmriprep_dir` tells the fMRIPrep dataset apart from the raw one in
+  the three layouts a user may give (``bids_dir`` is the fMRIPrep output;
+  ``bids_dir/derivatives/fmriprep`` or another ``derivatives/*`` folder whose
+  ``dataset_description.json`` names fMRIPrep; an explicit ``--derivatives``).
+* :func:`make_layout` indexes **only** what discovery reads -- ``sub-*/[ses-*/]func``
+  files named ``*_bold.nii[.gz]``, ``*_mask.nii[.gz]``, ``*_bold.json`` and
+  ``*_timeseries|_regressors.tsv|.json`` plus the top-level
+  ``dataset_description.json`` and ``*_bold.json`` -- and skips everything else
+  (``anat/``, ``fmap/``, ``figures/``, ``log/``, ``sourcedata/``, ``code/``, HTML,
+  SVG, GIfTI, CIFTI, HDF5, ``.txt`` transforms, dot-files) without descending
+  into it.  pybids' metadata pass is skipped (it dominated the indexing time);
+  the ``*_bold.json`` sidecars of the selected runs are merged on demand by the
+  BIDS inheritance principle, the rule pybids applies.
+* The pybids database is written under ``database_dir`` only -- never inside
+  an input dataset (that raises :class:`~bids_spheres.errors.UsageError`) -- in a
+  folder named from the dataset path and a fingerprint of the indexed files
+  (names, sizes, modification times).  A later start with unchanged inputs
+  reuses it; any change to an indexed file gives a fresh index.  Indexes are
+  built in a temporary folder and renamed into place, under a lock, so several
+  processes may start at once; an existing index is only ever read.
+* :func:`collect_runs` returns one :class:`RunInputs` per
+  ``desc-preproc_bold`` NIfTI (never CIFTI/GIfTI) in the requested space, sorted
+  by subject, session, task, ..., run, with the brain mask of the same space and
+  resolution, the confounds file (``desc-confounds_timeseries`` or the older
+  ``desc-confounds_regressors``), its JSON, the ``desc-smoothAROMAnonaggr`` BOLD
+  of the same run, space and resolution, and the repetition time in seconds.
+* Every failure a user can cause raises an error of :mod:`bids_spheres.errors`
+  whose one-line message names what was searched and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bids
+import nibabel as nib
+from bids.layout import BIDSLayout, BIDSLayoutIndexer, Query, Tag
+
+from bids_spheres.errors import (
+    DataError,
+    MissingInputError,
+    NothingSelectedError,
+    OutputError,
+    UsageError,
+)
+
+__all__ = [
+    "DEFAULT_SPACE",
+    "MAX_FILTER_FILE_BYTES",
+    "RunInputs",
+    "collect_runs",
+    "find_fmriprep_dir",
+    "list_subjects",
+    "load_filter_file",
+    "make_layout",
+    "validate_bids_filters",
+]
+
+DEFAULT_SPACE = "MNI152NLin2009cAsym"
+MAX_FILTER_FILE_BYTES = 64 * 1024
+"""Largest ``--bids-filter-file`` accepted; real filter files are a few hundred bytes."""
+
+INDEX_VERSION = 1
+"""Bump when the indexing rules change, so older databases are not reused."""
+
+_CONFIG = ("bids", "derivatives")
+_NIFTI = (".nii", ".nii.gz")
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_INDEX_LEVEL = re.compile(r"^(?:sub-[A-Za-z0-9]+|ses-[A-Za-z0-9]+|func)$")
+_KEPT_FILE = re.compile(
+    r"(?:_(?:bold|mask)\.nii(?:\.gz)?|_bold\.json|_(?:timeseries|regressors)\.(?:tsv|json))$"
+)
+# pybids matches ignore patterns against "/" + the path relative to the dataset root, for
+# directories and files alike.  Everything that is not a sub-*/[ses-*/][func/] folder or a
+# kept file is ignored; an ignored folder is not descended into.
+_IGNORE = re.compile(
+    r"^(?!/dataset_description\.json$)"
+    r"(?!/sub-[A-Za-z0-9]+(?:/ses-[A-Za-z0-9]+)?(?:/func)?$)"
+    r"(?!/(?:sub-[A-Za-z0-9]+/(?:ses-[A-Za-z0-9]+/)?(?:func/)?)?[^/]*"
+    r"(?:_(?:bold|mask)\.nii(?:\.gz)?|_bold\.json|_(?:timeseries|regressors)\.(?:tsv|json))$)"
+)
+# Entities that describe a file's role or grid, not which acquisition it comes from.
+_ROLE_ENTITIES = frozenset({"suffix", "extension", "datatype", "desc"})
+_GRID_ENTITIES = frozenset({"space", "res", "den"})
+# Filter keys we set ourselves; a filter may repeat our value but not change it.
+_FIXED_FILTERS = {"suffix": {"bold"}, "datatype": {"func"}}
+_REFUSED_FILTERS = {
+    "extension": "bids_spheres reads .nii and .nii.gz BOLD files",
+    "desc": "bids_spheres always reads desc-preproc BOLD runs",
+    "space": "choose the space with --space",
+    "res": "choose the resolution with --space SPACE:res-N",
+    "den": "surface densities are not read",
+}
+_INT_ENTITIES = frozenset({"run", "echo", "chunk"})
+# fMRIPrep/niworkflows query names a --bids-filter-file may hold; only "bold" selects runs
+# here, the others configure fMRIPrep itself and are accepted so one file serves both.
+_FILTER_QUERIES = frozenset(
+    {"bold", "sbref", "t1w", "t2w", "flair", "fmap", "roi", "dwi", "asl", "pet", "t2star"}
+)
+_SORT_ORDER = (
+    "subject",
+    "session",
+    "task",
+    "acquisition",
+    "ceagent",
+    "reconstruction",
+    "direction",
+    "run",
+    "echo",
+    "part",
+    "space",
+    "res",
+)
+_PREFIXES = {"subject": "sub-", "session": "ses-", "task": "task-", "run": "run-"}
+_SHORT = {
+    "subject": "sub",
+    "session": "ses",
+    "task": "task",
+    "acquisition": "acq",
+    "ceagent": "ce",
+    "reconstruction": "rec",
+    "direction": "dir",
+    "run": "run",
+    "echo": "echo",
+    "part": "part",
+}
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """Everything the app needs to process one preprocessed BOLD run.
+
+    Attributes
+    ----------
+    bold : Path
+        The ``desc-preproc_bold.nii[.gz]`` file.
+    mask : Path or None
+        The ``desc-brain_mask`` of the same run, space and resolution, if present.
+    confounds : Path or None
+        ``desc-confounds_timeseries.tsv`` (or the older ``desc-confounds_regressors.tsv``).
+    confounds_json : Path or None
+        The confounds file's JSON sidecar (CompCor metadata), if present.
+    t_r : float
+        Repetition time in seconds.
+    entities : dict of str to str
+        BIDS entities of ``bold`` other than desc/suffix/extension/datatype
+        (subject, session, task, acquisition, ..., run, echo, space, res), as
+        written in the file name, only those present.
+    sidecar : Path or None
+        The JSON sidecar with exactly the BOLD file's entities, if present (the
+        repetition time may also be inherited from a higher-level JSON).
+    fmriprep_root : Path
+        The fMRIPrep dataset the run comes from.
+    aroma_bold : Path or None
+        The ``desc-smoothAROMAnonaggr_bold`` of the same run, space and resolution.
+    problem : str or None
+        Why this run cannot be processed (e.g. no usable repetition time), found
+        during discovery; the run is reported as failed with this reason while the
+        other runs go on. ``t_r`` is NaN then.
+    """
+
+    bold: Path
+    mask: Path | None
+    confounds: Path | None
+    confounds_json: Path | None
+    t_r: float
+    entities: dict[str, str] = field(hash=False)
+    sidecar: Path | None
+    fmriprep_root: Path
+    aroma_bold: Path | None = None
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name, e.g. ``sub-01_ses-1_task-rest_run-2``."""
+        return _describe_run(self.entities)
+
+
+# --------------------------------------------------------------------------- locating inputs
+
+
+def find_fmriprep_dir(
+    bids_dir: os.PathLike | str, derivatives: os.PathLike | str | None = None
+) -> tuple[Path | None, Path]:
+    """Return ``(raw_root or None, fmriprep_root)`` for the datasets a user gave.
+
+    Parameters
+    ----------
+    bids_dir : path-like
+        The BIDS-App's first positional argument: an fMRIPrep output folder, or
+        a raw BIDS dataset holding ``derivatives/fmriprep`` (or another
+        ``derivatives/*`` folder whose ``dataset_description.json`` names fMRIPrep).
+    derivatives : path-like, optional
+        An explicit fMRIPrep output folder (``--derivatives``); it wins over the
+        search in ``bids_dir``.
+
+    Returns
+    -------
+    raw_root : Path or None
+        The raw BIDS dataset, or None when ``bids_dir`` is itself the fMRIPrep output.
+    fmriprep_root : Path
+        The fMRIPrep derivative dataset.
+
+    Raises
+    ------
+    MissingInputError
+        If a folder does not exist or no fMRIPrep outputs are found.
+    UsageError
+        If ``bids_dir/derivatives`` holds several fMRIPrep datasets.
+    DataError
+        If a ``dataset_description.json`` is not valid JSON.
+    """
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        raise MissingInputError(
+            f"bids_dir {bids_dir} does not exist or is not a directory; give the fMRIPrep "
+            "output folder or a BIDS dataset with derivatives/fmriprep"
+        )
+    bids_is_fmriprep = _is_fmriprep(bids_dir)
+    if derivatives is not None:
+        derivatives = Path(derivatives)
+        if not derivatives.is_dir():
+            raise MissingInputError(
+                f"--derivatives {derivatives} does not exist or is not a directory; give the "
+                "folder fMRIPrep wrote its outputs to"
+            )
+        if not _is_fmriprep(derivatives):
+            raise MissingInputError(
+                f"--derivatives {derivatives} holds no fMRIPrep outputs (no "
+                "dataset_description.json naming fMRIPrep, no "
+                "sub-*/[ses-*/]func/*_desc-preproc_bold.nii[.gz]); give the folder fMRIPrep "
+                "wrote its outputs to"
+            )
+        return (None if bids_is_fmriprep else bids_dir), derivatives
+    if bids_is_fmriprep:
+        return None, bids_dir
+
+    deriv_root = bids_dir / "derivatives"
+    if (deriv_root / "fmriprep").is_dir() and _is_fmriprep(deriv_root / "fmriprep"):
+        return bids_dir, deriv_root / "fmriprep"
+    candidates: list[Path] = []
+    if deriv_root.is_dir():
+        candidates = [
+            d
+            for d in sorted(deriv_root.iterdir())
+            if d.is_dir() and d.name != "fmriprep" and _describes_fmriprep(d)
+        ]
+    if len(candidates) == 1:
+        return bids_dir, candidates[0]
+    if len(candidates) > 1:
+        names = ", ".join(str(c) for c in candidates)
+        raise UsageError(
+            f"bids_dir {bids_dir} holds several fMRIPrep derivatives ({names}); choose one "
+            "with --derivatives PATH"
+        )
+    if not (bids_dir / "dataset_description.json").is_file() and not any(bids_dir.glob("sub-*")):
+        raise MissingInputError(
+            f"bids_dir {bids_dir} holds neither a BIDS dataset nor fMRIPrep outputs (no "
+            "dataset_description.json, no sub-* folders); give the fMRIPrep output folder"
+        )
+    raise MissingInputError(
+        f"bids_dir {bids_dir} is a raw BIDS dataset with no fMRIPrep derivatives (looked in "
+        f"{deriv_root}/fmriprep and {deriv_root}/*/dataset_description.json); pass "
+        "--derivatives /path/to/fmriprep"
+    )
+
+
+def make_layout(
+    fmriprep_root: os.PathLike | str,
+    database_dir: os.PathLike | str | None,
+    *,
+    reset: bool = False,
+    input_dirs: Sequence[os.PathLike | str] = (),
+) -> BIDSLayout:
+    """Index an fMRIPrep dataset with pybids, reusing a saved index when unchanged.
+
+    Parameters
+    ----------
+    fmriprep_root : path-like
+        The fMRIPrep derivative dataset (from :func:`find_fmriprep_dir`).
+    database_dir : path-like or None
+        Folder for the pybids database, e.g. ``<work_dir>/pybids``; None keeps
+        the index in memory.  It must lie outside every input dataset.
+    reset : bool
+        Rebuild the index even if a matching one exists.  Do not reset while
+        another process reads the same index.
+    input_dirs : sequence of path-like
+        Other input folders (e.g. the raw ``bids_dir``) the database must stay
+        out of; ``fmriprep_root`` is always checked.
+
+    Returns
+    -------
+    bids.BIDSLayout
+        A derivative layout (configs ``bids`` and ``derivatives``, no validation).
+
+    Raises
+    ------
+    MissingInputError
+        If ``fmriprep_root`` is not a directory.
+    UsageError
+        If ``database_dir`` lies inside an input dataset.
+    OutputError
+        If ``database_dir`` cannot be created or written.
+    """
+    root = Path(fmriprep_root)
+    if not root.is_dir():
+        raise MissingInputError(
+            f"fMRIPrep folder {root} does not exist or is not a directory; give the folder "
+            "fMRIPrep wrote its outputs to"
+        )
+    root = root.resolve()
+    if database_dir is None:
+        return _index(root, None)
+
+    db_dir = Path(database_dir).resolve()
+    for guard in (root, *(Path(p).resolve() for p in input_dirs)):
+        if db_dir == guard or guard in db_dir.parents:
+            raise UsageError(
+                f"pybids database folder {db_dir} is inside the input dataset {guard}; inputs "
+                "may be read-only, so give a --work-dir outside it"
+            )
+    key = _digest(str(root), str(INDEX_VERSION), bids.__version__)
+    name = f"pybids-{key}-{_fingerprint(root)}"
+    final = db_dir / name
+    db_file = final / "layout_index.sqlite"
+    if db_file.is_file() and not reset:
+        return _index(root, final)
+    try:
+        db_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(
+            f"cannot create the pybids database folder {db_dir} ({err.strerror}); give a "
+            "writable --work-dir"
+        ) from err
+    with _exclusive_lock(db_dir / f".{name}.lock"):
+        if db_file.is_file() and not reset:  # another process built it while we waited
+            return _index(root, final)
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=db_dir))
+        except OSError as err:
+            raise OutputError(
+                f"cannot write in the pybids database folder {db_dir} ({err.strerror}); give "
+                "a writable --work-dir"
+            ) from err
+        try:
+            building = _index(root, tmp)
+            building.session.close()
+            building.connection_manager.engine.dispose()
+            del building
+            os.chmod(tmp, 0o755)
+            _publish(tmp, final, replace=reset)
+        except OSError as err:
+            raise OutputError(
+                f"cannot write the pybids database in {db_dir} ({err}); give a writable --work-dir"
+            ) from err
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _index(root, final)
+
+
+def list_subjects(layout: BIDSLayout) -> list[str]:
+    """Return the subject labels (without ``sub-``) indexed in ``layout``, sorted.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+        A layout from :func:`make_layout`.
+
+    Returns
+    -------
+    list of str
+    """
+    # One query on the tag table; ``layout.get_subjects()`` loads every file's entities.
+    rows = (
+        layout.session.query(Tag._value)
+        .filter(Tag.entity_name == "subject", Tag.is_metadata.is_(False))
+        .distinct()
+    )
+    return sorted(str(value) for (value,) in rows)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def load_filter_file(path: os.PathLike | str) -> dict[str, dict[str, Any]]:
+    """Read and validate a ``--bids-filter-file`` in fMRIPrep's format.
+
+    The file maps query names to entity filters, e.g.
+    ``{"bold": {"session": "01", "acquisition": null, "run": "*"}}``; ``null``
+    means "entity absent" and ``"*"`` "entity present with any value".  Only
+    the ``"bold"`` query selects runs here; the others (``"t1w"``, ``"fmap"``,
+    ...) configure fMRIPrep and are validated, then ignored.
+
+    Parameters
+    ----------
+    path : path-like
+        The JSON file.
+
+    Returns
+    -------
+    dict
+        The validated content (see :func:`validate_bids_filters`).
+
+    Raises
+    ------
+    MissingInputError
+        If the file does not exist.
+    UsageError
+        If it is larger than :data:`MAX_FILTER_FILE_BYTES`, not JSON, or not a
+        valid filter.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(
+            f"--bids-filter-file {path} does not exist or is not a file; give the path of a "
+            'JSON file like {"bold": {"session": "01"}}'
+        )
+    size = path.stat().st_size
+    if size > MAX_FILTER_FILE_BYTES:
+        raise UsageError(
+            f"--bids-filter-file {path} is {size} bytes, more than the "
+            f"{MAX_FILTER_FILE_BYTES} accepted; give a small JSON filter file"
+        )
+    try:
+        content = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"--bids-filter-file {path} is not UTF-8 text; save it as a JSON file"
+        ) from err
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"--bids-filter-file {path} is not valid JSON ({err.msg} at line {err.lineno} "
+            f"column {err.colno}); fix the JSON syntax"
+        ) from err
+    return validate_bids_filters(content, source=str(path))
+
+
+def validate_bids_filters(
+    filters: object, *, source: str = "--bids-filter-file"
+) -> dict[str, dict[str, Any]]:
+    """Check a parsed filter mapping and return it with normalised values.
+
+    Parameters
+    ----------
+    filters : object
+        The parsed JSON: ``{query: {entity: value}}``.  Values are a label
+        (letters and digits), a non-negative integer, ``None``, ``"*"`` or a
+        non-empty list of labels/integers.  Run and echo labels become integers.
+    source : str
+        Named in error messages.
+
+    Returns
+    -------
+    dict
+        ``{query: {entity: value}}`` with ``None``/``"*"`` kept as they are.
+
+    Raises
+    ------
+    UsageError
+        On an unknown query or entity, an entity bids_spheres sets itself, or a
+        value that is not a BIDS label (path separators and ``..`` included).
+    """
+    if not isinstance(filters, dict):
+        raise UsageError(
+            f"{source} must hold a JSON object like "
+            f'{{"bold": {{"session": "01"}}}}, not {type(filters).__name__}'
+        )
+    known = _filter_entities()
+    result: dict[str, dict[str, Any]] = {}
+    for query, entities in filters.items():
+        if query not in _FILTER_QUERIES:
+            raise UsageError(
+                f"{source}: unknown query {query!r}; use one of "
+                f"{', '.join(sorted(_FILTER_QUERIES))} (runs are selected by 'bold')"
+            )
+        if not isinstance(entities, dict):
+            raise UsageError(
+                f"{source}: {query!r} must map entities to values, like "
+                f'{{"session": "01"}}, not {type(entities).__name__}'
+            )
+        clean: dict[str, Any] = {}
+        for entity, value in entities.items():
+            if entity in _REFUSED_FILTERS:
+                raise UsageError(
+                    f"{source}: entity {entity!r} cannot be filtered ({_REFUSED_FILTERS[entity]});"
+                    " remove it from the filter file"
+                )
+            if entity not in known:
+                raise UsageError(
+                    f"{source}: {entity!r} in {query!r} is not a BIDS entity; use entity names "
+                    "such as session, task, acquisition, run, echo"
+                )
+            clean[entity] = _filter_value(source, query, entity, value)
+        result[query] = clean
+    return result
+
+
+# --------------------------------------------------------------------------- collecting runs
+
+
+def collect_runs(
+    layout: BIDSLayout,
+    *,
+    participant_label: Sequence[str] | str | None = None,
+    session_label: Sequence[str] | str | None = None,
+    task: Sequence[str] | str | None = None,
+    run: Sequence[int | str] | int | str | None = None,
+    space: str = DEFAULT_SPACE,
+    bids_filters: Mapping[str, Any] | None = None,
+) -> list[RunInputs]:
+    """Describe every selected ``desc-preproc_bold`` run of an fMRIPrep layout.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+        From :func:`make_layout`.
+    participant_label : str or sequence of str, optional
+        Subjects, with or without ``sub-``; every one must exist.  None: all.
+    session_label, task, run : optional
+        Labels (``ses-``/``task-``/``run-`` prefixes allowed) restricting the runs.
+    space : str
+        Output space, optionally with fMRIPrep's resolution modifier
+        (``"MNI152NLin2009cAsym:res-2"``).  Without one, any resolution is
+        accepted as long as each run has only one.
+    bids_filters : mapping, optional
+        Parsed ``--bids-filter-file`` (fMRIPrep's format); its ``"bold"`` query
+        is applied.  It must not constrain an entity also given as an option.
+
+    Returns
+    -------
+    list of RunInputs
+        Sorted by subject, session, task, acquisition, ..., run.  ``t_r`` is the
+        ``RepetitionTime`` of the merged ``*_bold.json`` sidecars, else the NIfTI
+        ``pixdim[4]`` converted by ``xyzt_units`` (ms and us to s; "unknown"
+        taken as seconds).
+
+    Raises
+    ------
+    UsageError
+        On a malformed label, space or filter, an entity given both as option
+        and filter, or a run available at several resolutions when none was chosen.
+    MissingInputError
+        If a requested subject, or any preprocessed BOLD in ``space``, is absent.
+    NothingSelectedError
+        If the session/task/run options or the filters select no run.
+    DataError
+        If a run has no usable repetition time, or both ``.nii`` and ``.nii.gz``.
+    """
+    root = Path(layout.root)
+    space_label, res = _parse_space(space)
+    options: dict[str, Any] = {}
+    subjects_present = list_subjects(layout)
+    if not subjects_present:
+        raise MissingInputError(
+            f"no sub-* folders with functional outputs under {root}; point bids_dir (or "
+            "--derivatives) at the folder fMRIPrep wrote"
+        )
+    if participant_label is not None:
+        wanted = _labels("participant label", participant_label, "subject")
+        missing = [s for s in wanted if s not in subjects_present]
+        if missing:
+            raise MissingInputError(
+                f"participant(s) {', '.join(missing)} not found under {root} (subjects present: "
+                f"{_preview(subjects_present)}); give labels from that list"
+            )
+        options["subject"] = wanted
+    if session_label is not None:
+        options["session"] = _labels("session label", session_label, "session")
+    if task is not None:
+        options["task"] = _labels("task label", task, "task")
+    if run is not None:
+        options["run"] = _run_labels(run)
+
+    filters: dict[str, Any] = {}
+    if bids_filters:
+        validated = validate_bids_filters(dict(bids_filters), source="bids_filters")
+        filters = dict(validated.get("bold", {}))
+        for entity, allowed in _FIXED_FILTERS.items():
+            value = filters.pop(entity, None)
+            if value is not None and not {str(v) for v in _listify(value)} <= allowed:
+                raise UsageError(
+                    f"bids_filters: bold {entity}={value!r} conflicts with the "
+                    f"{'/'.join(sorted(allowed))} files bids_spheres reads; remove it"
+                )
+        clash = sorted(set(filters) & set(options))
+        if clash:
+            raise UsageError(
+                f"{clash[0]} is selected both by an option and by the --bids-filter-file; keep "
+                "one of them"
+            )
+    query_filters = {k: _to_query(v) for k, v in filters.items()}
+
+    base = {"suffix": "bold", "desc": "preproc", "extension": list(_NIFTI)}
+    grid = {"space": space_label, **({"res": res} if res is not None else {})}
+    bolds = _get(layout, **base, **grid, **options, **query_filters)
+    if not bolds:
+        _explain_empty(layout, root, base, grid, space, options, query_filters)
+
+    entities_of = _file_entities(layout, bolds)
+    _check_unique(entities_of, res is None, space)
+    companions = _companions(layout, options)
+    metadata = _bold_metadata(layout, entities_of, options)
+
+    runs = []
+    for path, ents in entities_of.items():
+        run_key, grid_key = _run_key(ents), _grid_key(ents)
+        public = {k: v for k, v in sorted(ents.items(), key=_entity_order)}
+        public = {k: v for k, v in public.items() if k not in _ROLE_ENTITIES}
+        problem = None
+        try:
+            t_r = _repetition_time(path, metadata[path])
+        except DataError as exc:  # this run fails with its reason; the others go on
+            t_r, problem = float("nan"), str(exc)
+        runs.append(
+            RunInputs(
+                bold=Path(path),
+                mask=companions.get(("mask", run_key, grid_key)),
+                confounds=companions.get(("confounds", run_key, None)),
+                confounds_json=companions.get(("confounds_json", run_key, None)),
+                t_r=t_r,
+                entities=public,
+                sidecar=companions.get(("sidecar", run_key, grid_key)),
+                fmriprep_root=root,
+                aroma_bold=companions.get(("aroma", run_key, grid_key)),
+                problem=problem,
+            )
+        )
+    runs.sort(key=lambda r: _sort_key(r.entities))
+    return runs
+
+
+# --------------------------------------------------------------------------- private helpers
+
+
+def _read_description(path: Path) -> dict[str, Any] | None:
+    desc = path / "dataset_description.json"
+    if not desc.is_file():
+        return None
+    try:
+        content = json.loads(desc.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{desc} is not valid JSON ({err}); fix or remove the file") from err
+    return content if isinstance(content, dict) else None
+
+
+def _describes_fmriprep(path: Path) -> bool:
+    """True if ``dataset_description.json`` names fMRIPrep as the generating pipeline."""
+    desc = _read_description(path)
+    if desc is None:
+        return False
+    names = []
+    generated = desc.get("GeneratedBy")
+    if isinstance(generated, list):
+        names += [g.get("Name") for g in generated if isinstance(g, dict)]
+    legacy = desc.get("PipelineDescription")
+    if isinstance(legacy, dict):
+        names.append(legacy.get("Name"))
+    return any(isinstance(n, str) and n.lower() == "fmriprep" for n in names)
+
+
+def _is_fmriprep(path: Path) -> bool:
+    """True if ``path`` is an fMRIPrep-like derivative: named so, or holding preproc BOLDs."""
+    if _describes_fmriprep(path):
+        return True
+    desc = _read_description(path)
+    if desc is not None and desc.get("DatasetType", "raw") == "raw" and "GeneratedBy" not in desc:
+        return False
+    return next(_preproc_bolds(path), None) is not None
+
+
+def _preproc_bolds(path: Path) -> Iterator[Path]:
+    for sub in sorted(path.glob("sub-*")):
+        for func in (sub / "func", *sorted(sub.glob("ses-*/func"))):
+            if func.is_dir():
+                for pattern in ("*_desc-preproc_bold.nii.gz", "*_desc-preproc_bold.nii"):
+                    yield from func.glob(pattern)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def _fingerprint(root: Path) -> str:
+    """Hash of the names, sizes and mtimes of every file the index would hold."""
+    records: list[str] = []
+
+    def scan(folder: Path, rel: str, depth: int) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if depth < 3 and _INDEX_LEVEL.match(entry.name):
+                    scan(Path(entry.path), f"{rel}{entry.name}/", depth + 1)
+            elif _KEPT_FILE.search(entry.name) or (rel == "" and entry.name.endswith(".json")):
+                st = entry.stat()
+                records.append(f"{rel}{entry.name}\0{st.st_size}\0{st.st_mtime_ns}")
+
+    scan(root, "", 0)
+    records.sort()
+    return _digest(*records)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (best effort where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    try:
+        handle = open(path, "a+b")  # closed in finally
+    except OSError as err:
+        raise OutputError(
+            f"cannot create {path} ({err.strerror}); give a writable --work-dir"
+        ) from err
+    try:
+        with contextlib.suppress(OSError):  # e.g. some network file systems
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
+
+
+def _publish(tmp: Path, final: Path, *, replace: bool) -> None:
+    """Rename a freshly built index folder into place; keep an existing one unless replacing."""
+    if final.exists():
+        if not replace:
+            return
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, trash)
+        os.rename(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.exists():
+            raise
+
+
+def _indexer() -> BIDSLayoutIndexer:
+    # Sidecar metadata is resolved on demand for the selected runs (see _bold_metadata):
+    # pybids' metadata pass loads every file's tags one query at a time and took two
+    # thirds of the indexing time of a 500-subject dataset.
+    return BIDSLayoutIndexer(validate=False, ignore=[_IGNORE], index_metadata=False)
+
+
+def _index(root: Path, database_path: Path | None) -> BIDSLayout:
+    return BIDSLayout(
+        root,
+        validate=False,
+        is_derivative=True,
+        config=list(_CONFIG),
+        database_path=database_path,
+        indexer=_indexer(),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _filter_entities() -> frozenset[str]:
+    from bids.layout.models import Config
+
+    names: set[str] = set()
+    for name in _CONFIG:
+        names.update(Config.load(name).entities)
+    return frozenset(names)
+
+
+def _filter_value(source: str, query: str, entity: str, value: object) -> object:
+    where = f"{source}: {query}.{entity}"
+    if value is None or value == "*":
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise UsageError(f"{where} is an empty list; give at least one label or remove it")
+        return [_filter_label(where, entity, v) for v in value]
+    return _filter_label(where, entity, value)
+
+
+def _filter_label(where: str, entity: str, value: object) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise UsageError(
+            f'{where}={value!r} is not a label; use a string like "01", an integer, null or "*"'
+        )
+    if isinstance(value, int):
+        if value < 0:
+            raise UsageError(f"{where}={value} is negative; give a non-negative integer")
+        return value if entity in _INT_ENTITIES else str(value)
+    if "/" in value or "\\" in value or ".." in value:
+        raise UsageError(
+            f"{where}={value!r} contains a path separator or '..'; give a plain BIDS label"
+        )
+    if not _LABEL.match(value):
+        raise UsageError(
+            f"{where}={value!r} is not a BIDS label; use letters and digits only (no prefix)"
+        )
+    if entity in _INT_ENTITIES:
+        if not value.isdigit():
+            raise UsageError(f'{where}={value!r} is not a number; give digits like "1"')
+        return int(value)
+    return value
+
+
+def _to_query(value: object) -> object:
+    if value is None:
+        return Query.NONE
+    if value == "*":
+        return Query.ANY
+    return value
+
+
+def _listify(value: object) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _labels(what: str, values: Sequence[str] | str, entity: str) -> list[str]:
+    items = [values] if isinstance(values, str) else list(values)
+    if not items:
+        raise UsageError(f"{what} list is empty; give at least one label or omit the option")
+    prefix = _PREFIXES.get(entity, "")
+    clean = []
+    for item in items:
+        if not isinstance(item, str):
+            raise UsageError(f"{what} {item!r} is not a string; give labels like '01'")
+        label = item[len(prefix) :] if prefix and item.startswith(prefix) else item
+        if not _LABEL.match(label):
+            raise UsageError(
+                f"{what} {item!r} is not a BIDS label; use letters and digits only, like '01'"
+            )
+        if label not in clean:
+            clean.append(label)
+    return clean
+
+
+def _run_labels(values: Sequence[int | str] | int | str) -> list[int]:
+    items = [values] if isinstance(values, (int, str)) else list(values)
+    runs = []
+    for item in items:
+        if isinstance(item, bool):
+            raise UsageError(f"run {item!r} is not a run number; give integers like 1")
+        if isinstance(item, str):
+            label = item[4:] if item.startswith("run-") else item
+            if not label.isdigit() or not label.isascii():
+                raise UsageError(f"run {item!r} is not a run number; give integers like 1")
+            item = int(label)
+        if not isinstance(item, int) or item < 0:
+            raise UsageError(f"run {item!r} is not a run number; give integers like 1")
+        runs.append(item)
+    if not runs:
+        raise UsageError("run list is empty; give at least one run number or omit the option")
+    return runs
+
+
+def _parse_space(space: str) -> tuple[str, str | None]:
+    if not isinstance(space, str) or not space:
+        raise UsageError(f"space {space!r} is not a space name; give e.g. {DEFAULT_SPACE}")
+    name, _, modifier = space.partition(":")
+    if not _LABEL.match(name):
+        raise UsageError(
+            f"space {space!r} is not a BIDS space label; give e.g. {DEFAULT_SPACE} or "
+            f"{DEFAULT_SPACE}:res-2"
+        )
+    if not modifier:
+        return name, None
+    match = re.fullmatch(r"res-([A-Za-z0-9]+)", modifier)
+    if match is None:
+        raise UsageError(
+            f"space modifier {modifier!r} in {space!r} is not understood; only res-N is "
+            f"supported, as in {DEFAULT_SPACE}:res-2"
+        )
+    return name, match.group(1)
+
+
+def _preview(labels: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(labels[:limit])
+    return shown + (f", ... ({len(labels)} in all)" if len(labels) > limit else "")
+
+
+def _get(layout: BIDSLayout, **filters: Any) -> list[str]:
+    return layout.get(return_type="filename", invalid_filters="allow", **filters)
+
+
+def _explain_empty(
+    layout: BIDSLayout,
+    root: Path,
+    base: dict[str, Any],
+    grid: dict[str, Any],
+    space: str,
+    options: dict[str, Any],
+    filters: dict[str, Any],
+) -> None:
+    """Raise the error that says why the BOLD query found nothing."""
+
+    def values(entity: str, **query: Any) -> list[str]:
+        tags = _file_entities(layout, _get(layout, **query))
+        found = {ents[entity] for ents in tags.values() if entity in ents}
+        return sorted(found, key=_natural)
+
+    subjects = {"subject": options["subject"]} if "subject" in options else {}
+    who = f" for sub-{_preview(options['subject'])}" if subjects else ""
+    if not _get(layout, **base, **subjects):
+        raise MissingInputError(
+            f"no *_desc-preproc_bold.nii[.gz] under {root}{who}; check that fMRIPrep finished "
+            "and that bids_dir (or --derivatives) points at its output folder"
+        )
+    if not _get(layout, **base, **subjects, space=grid["space"]):
+        spaces = values("space", **base, **subjects)
+        present = ", ".join(spaces) if spaces else "none (no space entity)"
+        raise MissingInputError(
+            f"no desc-preproc_bold in space {grid['space']} under {root}{who} (spaces present: "
+            f"{present}); choose one with --space or rerun fMRIPrep with --output-spaces "
+            f"{grid['space']}"
+        )
+    if "res" in grid and not _get(layout, **base, **subjects, **grid):
+        found = values("res", **base, **subjects, space=grid["space"])
+        if found:
+            present = ", ".join(f"res-{r}" for r in found)
+            fix = f"choose one with --space {grid['space']}:res-{found[0]}"
+        else:
+            present, fix = "none (no res entity)", f"give --space {grid['space']} without :res-"
+        raise MissingInputError(
+            f"no desc-preproc_bold in space {space} under {root}{who} (resolutions present in "
+            f"{grid['space']}: {present}); {fix}"
+        )
+    selected: dict[str, Any] = {**base, **grid, **subjects}
+    for entity in ("session", "task", "run"):
+        if entity in options:
+            selected[entity] = options[entity]
+            if not _get(layout, **selected):
+                present = ", ".join(values(entity, **base, **grid, **subjects)) or "none"
+                raise NothingSelectedError(
+                    f"{entity} {', '.join(str(v) for v in options[entity])} selected no "
+                    f"desc-preproc_bold in space {space} under {root}{who} ({entity} values "
+                    f"present: {present}); give values from that list"
+                )
+    raise NothingSelectedError(
+        f"the --bids-filter-file filters {_describe_filters(filters)} selected no "
+        f"desc-preproc_bold in space "
+        f"{space} under {root}{who}; relax or remove them"
+    )
+
+
+def _describe_filters(filters: dict[str, Any]) -> str:
+    def show(v: object) -> str:
+        if v is Query.NONE:
+            return "null"
+        if v is Query.ANY:
+            return '"*"'
+        return json.dumps(v)
+
+    return "{" + ", ".join(f'"{k}": {show(v)}' for k, v in filters.items()) + "}"
+
+
+def _file_entities(layout: BIDSLayout, paths: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Return ``{path: entities}`` read from pybids' tag table in bulk.
+
+    The values are the strings pybids parsed from each file name when indexing
+    (``run`` keeps its zero padding).  One query per 500 files:
+    ``BIDSFile.get_entities()`` issues one query per file, and re-parsing the
+    names with pybids costs about a millisecond per file.
+    """
+    result: dict[str, dict[str, str]] = {p: {} for p in paths}
+    unique = list(result)
+    for start in range(0, len(unique), 500):
+        rows = layout.session.query(Tag.file_path, Tag.entity_name, Tag._value).filter(
+            Tag.file_path.in_(unique[start : start + 500]), Tag.is_metadata.is_(False)
+        )
+        for path, name, value in rows:
+            result[path][name] = value
+    return result
+
+
+def _bold_metadata(
+    layout: BIDSLayout, entities_of: Mapping[str, Mapping[str, str]], options: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Merge the ``*_bold.json`` sidecars of each BOLD by the BIDS inheritance principle.
+
+    A sidecar applies to a BOLD file when it sits in the file's folder or a parent
+    folder within the dataset and its entities are a subset of the file's (the
+    rule pybids applies); sidecars nearer the file, then with more entities, win.
+    """
+    query: dict[str, Any] = {"suffix": "bold", "extension": ".json"}
+    if "subject" in options:
+        query["subject"] = [*options["subject"], Query.NONE]
+    candidates: dict[Path, list[tuple[int, set[tuple[str, str]], Path]]] = {}
+    for path, ents in _file_entities(layout, _get(layout, **query)).items():
+        items = {(k, v) for k, v in ents.items() if k != "extension"}
+        candidates.setdefault(Path(path).parent, []).append((len(items), items, Path(path)))
+    root = Path(layout.root)
+    result: dict[str, dict[str, Any]] = {}
+    for bold, ents in entities_of.items():
+        items = {(k, v) for k, v in ents.items() if k != "extension"}
+        folder, chain = Path(bold).parent, []
+        while True:
+            here = sorted(
+                (c for c in candidates.get(folder, []) if c[1] <= items),
+                key=lambda c: (c[0], str(c[2])),
+                reverse=True,
+            )
+            chain.extend(sidecar for _, _, sidecar in here)
+            if folder == root or folder == folder.parent:
+                break
+            folder = folder.parent
+        merged: dict[str, Any] = {}
+        for sidecar in reversed(chain):
+            merged.update(_read_json(sidecar))
+        result[bold] = merged
+    return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_json_cached(path: Path, mtime_ns: int) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"sidecar {path} is not valid JSON ({err}); fix the file") from err
+    if not isinstance(content, dict):
+        raise DataError(f"sidecar {path} does not hold a JSON object; fix the file")
+    return content
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError as err:
+        raise MissingInputError(
+            f"sidecar {path} disappeared after indexing; rerun with a fresh index"
+        ) from err
+    return _read_json_cached(path, mtime)
+
+
+def _run_key(ents: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    skip = _ROLE_ENTITIES | _GRID_ENTITIES
+    return frozenset((k, str(v)) for k, v in ents.items() if k not in skip)
+
+
+def _grid_key(ents: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    def get(k: str) -> str | None:
+        return str(ents[k]) if k in ents else None
+
+    return (get("space"), get("res"), get("den"))
+
+
+def _check_unique(entities_of: dict[str, dict[str, Any]], any_res: bool, space: str) -> None:
+    """Refuse a run found twice (two extensions, or several resolutions when none was chosen)."""
+    seen: dict[Any, list[str]] = {}
+    for path, ents in entities_of.items():
+        seen.setdefault((_run_key(ents), _grid_key(ents)), []).append(path)
+    for paths in seen.values():
+        if len(paths) > 1:
+            raise DataError(
+                f"the same run is stored twice: {' and '.join(sorted(paths))}; remove one of them"
+            )
+    by_run: dict[Any, list[dict[str, Any]]] = {}
+    for ents in entities_of.values():
+        by_run.setdefault(_run_key(ents), []).append(ents)
+    if any_res:
+        for group in by_run.values():
+            if len(group) > 1:
+                labels = sorted((e["res"] for e in group if "res" in e), key=_natural)
+                shown = [f"res-{r}" for r in labels] + ["no res"] * (len(group) - len(labels))
+                raise UsageError(
+                    f"space {space} has several resolutions for run {_describe_run(group[0])} "
+                    f"({', '.join(shown)}); choose one with --space "
+                    f"{group[0]['space']}:res-{labels[0]}"
+                )
+
+
+def _describe_run(ents: Mapping[str, str]) -> str:
+    keys = [k for k in _SORT_ORDER if k in ents and k not in _GRID_ENTITIES]
+    return "_".join(f"{_SHORT[k]}-{ents[k]}" for k in keys)
+
+
+def _companions(layout: BIDSLayout, options: dict[str, Any]) -> dict[tuple[str, Any, Any], Path]:
+    """Masks, confounds, AROMA BOLDs and sidecars of the selected runs, keyed by run."""
+    paths = _get(
+        layout,
+        suffix=["bold", "mask", "timeseries", "regressors"],
+        extension=[*_NIFTI, ".tsv", ".json"],
+        **options,
+    )
+    found: dict[tuple[str, Any, Any], Path] = {}
+    ranked: dict[tuple[str, Any, Any], int] = {}
+    for path, ents in _file_entities(layout, paths).items():
+        desc, suffix, ext = ents.get("desc"), ents.get("suffix"), ents.get("extension")
+        role, rank = None, 0
+        if suffix == "mask" and desc == "brain" and ext in _NIFTI:
+            role = "mask"
+        elif desc == "confounds" and suffix in ("timeseries", "regressors"):
+            role = "confounds" if ext == ".tsv" else "confounds_json" if ext == ".json" else None
+            rank = 1 if suffix == "timeseries" else 0
+        elif suffix == "bold" and desc == "smoothAROMAnonaggr" and ext in _NIFTI:
+            role = "aroma"
+        elif suffix == "bold" and desc == "preproc" and ext == ".json":
+            role = "sidecar"
+        if role is None:
+            continue
+        grid = None if role.startswith("confounds") else _grid_key(ents)
+        key = (role, _run_key(ents), grid)
+        if key not in found or rank > ranked[key]:
+            found[key], ranked[key] = Path(path), rank
+    return found
+
+
+def _repetition_time(path: str, metadata: Mapping[str, Any]) -> float:
+    """Seconds from the sidecar value, else from the NIfTI header (pixdim[4], xyzt_units)."""
+    if "RepetitionTime" in metadata:
+        value = metadata["RepetitionTime"]
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        ):
+            return float(value)
+        raise DataError(
+            f"RepetitionTime={value!r} in the JSON sidecar of {path} is not a positive number "
+            "of seconds; fix the sidecar"
+        )
+    try:
+        header = nib.load(path).header
+        zooms = header.get_zooms()
+        unit = header.get_xyzt_units()[1]
+    except Exception as err:  # nibabel raises many types for unreadable files
+        raise DataError(
+            f"cannot read the NIfTI header of {path} ({err}); check the file is a valid NIfTI"
+        ) from err
+    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}.get(unit)
+    t_r = float(zooms[3]) * scale if len(zooms) > 3 and scale is not None else 0.0
+    if not (math.isfinite(t_r) and t_r > 0):
+        raise DataError(
+            f"{path} has no RepetitionTime in its JSON sidecar and no usable time step in its "
+            "header (pixdim[4]); add RepetitionTime (seconds) to the sidecar"
+        )
+    return t_r
+
+
+def _entity_order(item: tuple[str, str]) -> tuple[int, str]:
+    name = item[0]
+    return (_SORT_ORDER.index(name), "") if name in _SORT_ORDER else (len(_SORT_ORDER), name)
+
+
+def _natural(value: str) -> tuple[int, int, str]:
+    return (0, int(value), value) if value.isdigit() else (1, 0, value)
+
+
+def _sort_key(entities: Mapping[str, str]) -> tuple[Any, ...]:
+    ordered = [_natural(entities.get(k, "")) for k in _SORT_ORDER]
+    rest = sorted((k, v) for k, v in entities.items() if k not in _SORT_ORDER)
+    return (*ordered, tuple(rest))

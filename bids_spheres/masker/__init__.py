@@ -1,0 +1,25 @@
+"""The masker library: sphere signals of NIfTI images, knowing nothing of BIDS.
+
+Promise
+-------
+:class:`NiftiSpheresMasker` (nilearn's API) and :func:`clean` are the public
+entry points; :func:`load_mask` and :func:`resample_mask` give the mask
+handling the masker itself uses. Modules: :mod:`~bids_spheres.masker.estimator`
+(the estimator), :mod:`~bids_spheres.masker.geometry` (sphere membership and
+weights), :mod:`~bids_spheres.masker.reading` (one streaming pass over an
+image), :mod:`~bids_spheres.masker.signal` (pure cleaning). This package
+imports numpy, scipy, nibabel, isal and joblib only (a test checks it), and
+writes no files except joblib's cache when ``memory`` is set.
+"""
+
+from __future__ import annotations
+
+from bids_spheres.masker.estimator import (
+    NiftiSpheresMasker,
+    SphereSignals,
+    load_mask,
+    resample_mask,
+)
+from bids_spheres.masker.signal import clean
+
+__all__ = ["NiftiSpheresMasker", "SphereSignals", "clean", "load_mask", "resample_mask"]

@@ -1,0 +1,107 @@
+"""Sphere membership against a brute-force distance check, overlap, smoothing weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.ndimage import gaussian_filter1d
+
+from bids_spheres.masker import geometry as spheres
+
+
+def _brute_force(seed, radius, affine, shape, mask=None):
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    d2 = ((world - seed) ** 2).sum(1)
+    inside = d2 <= radius**2 * (1 + 1e-9) + 1e-12
+    nearest = np.rint(np.linalg.solve(affine[:3, :3], seed - affine[:3, 3]))
+    inside |= np.all(ijk == nearest, axis=1)
+    if mask is not None:
+        inside &= mask[tuple(ijk.T)]
+    return set(np.ravel_multi_index(tuple(ijk[inside].T), shape, order="F").tolist())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(*[st.integers(3, 12)] * 3),
+    sizes=st.tuples(*[st.sampled_from([1.0, 1.5, 2.0, 3.0])] * 3),
+    flips=st.tuples(*[st.sampled_from([-1.0, 1.0])] * 3),
+    shear=st.floats(-0.3, 0.3),
+    offset=st.tuples(*[st.floats(-30, 30)] * 3),
+    fractions=st.lists(st.tuples(*[st.floats(-0.2, 1.2)] * 3), min_size=1, max_size=6),
+    radius=st.sampled_from([0.0, 1.0, 2.5, 4.0, 6.0]),
+    use_mask=st.booleans(),
+)
+def test_membership_equals_brute_force(
+    shape, sizes, flips, shear, offset, fractions, radius, use_mask
+) -> None:
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(np.asarray(sizes) * np.asarray(flips))
+    affine[0, 1] = shear
+    affine[:3, 3] = offset
+    seeds = np.array([affine[:3, :3] @ (np.asarray(f) * shape) + affine[:3, 3] for f in fractions])
+    mask = None
+    if use_mask:
+        mask = np.zeros(shape, dtype=bool)
+        mask[::2] = True
+    geometry = spheres.membership(seeds, np.full(len(seeds), radius), affine, shape, mask)
+    for s, seed in enumerate(seeds):
+        assert set(geometry.sphere_voxels(s).tolist()) == _brute_force(
+            seed, radius, affine, shape, mask
+        )
+    assert geometry.sizes.tolist() == [len(geometry.sphere_voxels(s)) for s in range(len(seeds))]
+
+
+def test_permuting_seeds_permutes_rows() -> None:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    seeds = np.array([[4.0, 4, 4], [10, 6, 8], [2, 12, 2]])
+    g = spheres.membership(seeds, np.array([3.0, 2.0, 4.0]), affine, (10, 10, 10))
+    order = [2, 0, 1]
+    h = spheres.membership(seeds[order], np.array([3.0, 2.0, 4.0])[order], affine, (10, 10, 10))
+    for new, old in enumerate(order):
+        assert h.sphere_voxels(new).tolist() == g.sphere_voxels(old).tolist()
+
+
+def test_coverage_and_full_size() -> None:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    g = spheres.membership(np.array([[0.0, 10, 10]]), np.array([4.0]), affine, (10, 10, 10))
+    # half of the 33-voxel sphere plus the central plane (i >= 0): 33 - 10 = 23
+    assert g.full_sizes.tolist() == [33]
+    assert g.sizes.tolist() == [23]
+    np.testing.assert_allclose(g.coverage, [23 / 33])
+
+
+def test_check_overlap_pairs() -> None:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    seeds = np.array([[4.0, 4, 4], [6, 4, 4], [16, 16, 16]])
+    g = spheres.membership(seeds, np.full(3, 2.0), affine, (10, 10, 10))
+    assert spheres.check_overlap(g) == [(0, 1)]
+    assert spheres.empty_spheres(g).size == 0
+
+
+def test_smoothing_weights_equal_smoothing_then_mean() -> None:
+    rng = np.random.default_rng(0)
+    shape = (12, 11, 10)
+    affine = np.diag([2.0, 2.5, 3.0, 1.0])
+    vol = rng.standard_normal(shape)
+    seeds = np.array([[2.0, 2.0, 3.0], [12.0, 14.0, 15.0]])
+    g = spheres.membership(seeds, np.array([4.0, 5.0]), affine, shape)
+    w = spheres.smoothing_weights(g, 6.0)
+    sigma = 6.0 / np.sqrt(8 * np.log(2)) / np.array([2.0, 2.5, 3.0])
+    smoothed = vol
+    for axis in range(3):
+        smoothed = gaussian_filter1d(smoothed, sigma[axis], axis=axis)
+    flat = smoothed.ravel(order="F")
+    expected = [flat[g.sphere_voxels(s)].mean() for s in range(2)]
+    ours = w.matrix @ vol.ravel(order="F")[w.voxels]
+    np.testing.assert_allclose(ours, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 97])
+@pytest.mark.parametrize("sigma", [0.2, 1.2739827, 3.0, 25.0])
+def test_gaussian_operator_is_scipys_filter(n: int, sigma: float) -> None:
+    eye = np.eye(n)
+    expected = gaussian_filter1d(eye, sigma, axis=0, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(spheres._gaussian_operator(n, sigma), expected, atol=1e-15)

@@ -1,0 +1,330 @@
+"""Streaming reader: both gzip inflaters give nibabel's voxel values, and fail cleanly."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import subprocess
+import sys
+import threading
+import warnings
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_spheres.masker import reading
+from bids_spheres.masker._csr import RowMatrix
+
+
+def _image(tmp_path: Path, name: str = "bold.nii.gz") -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(7)
+    data = rng.normal(1000, 50, size=(9, 8, 7, 13)).astype(np.float32)
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    return path, data
+
+
+def _all_voxels(path: Path) -> np.ndarray:
+    source = reading.open_source(str(path))
+    return np.vstack(list(source.iter_volumes(block_bytes=1)))
+
+
+@pytest.fixture(params=["isal", "stdlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("BIDS_SPHERES_INFLATER", request.param)
+    return request.param
+
+
+def test_both_inflaters_give_nibabels_values(tmp_path: Path, inflater: str) -> None:
+    path, data = _image(tmp_path)
+    flat = data.reshape(-1, data.shape[3], order="F").T.astype(np.float64)
+    assert np.array_equal(_all_voxels(path), flat)
+    fh = reading._open_raw(str(path))
+    with fh:
+        expected = reading._InflatingReader if inflater == "isal" else reading._ZlibReader
+        assert type(fh) is expected
+    # weighted sums through the sparse weights
+    weights = RowMatrix.from_entries([0, 0, 1], [0, 1, 1], np.array([0.5, 0.5, 1.0]), (2, 2))
+    voxels = np.array([3, 100])
+    got = reading.open_source(str(path)).reduce(voxels, weights).signals
+    np.testing.assert_allclose(got[:, 0], 0.5 * (flat[:, 3] + flat[:, 100]), rtol=1e-12)
+    np.testing.assert_allclose(got[:, 1], flat[:, 100], rtol=1e-12)
+
+
+def _raw_stream(path: Path, reader_cls: type, size: int) -> bytes:
+    out = bytearray()
+    buf = bytearray(size)
+    reader = reader_cls(str(path))
+    with reader:
+        while True:
+            n = reader.readinto(memoryview(buf))
+            if not n:
+                break
+            out += buf[:n]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("size", [1, 1000, 1 << 20])
+def test_zlib_reader_equals_gzip_on_members_and_padding(tmp_path: Path, size: int) -> None:
+    rng = np.random.default_rng(3)
+    parts = [rng.integers(0, 4, 300_000, dtype=np.uint8).tobytes(), b"", b"tail" * 1000]
+    path = tmp_path / "multi.gz"
+    path.write_bytes(b"".join(gzip.compress(p) for p in parts) + b"\x00" * 37)
+    assert _raw_stream(path, reading._ZlibReader, size) == gzip.decompress(path.read_bytes())
+
+
+def test_zlib_reader_reports_truncation_bad_crc_and_garbage(tmp_path: Path) -> None:
+    payload = np.arange(200_000, dtype=np.float32).tobytes()
+    good = gzip.compress(payload)
+    cases = {
+        "truncated": (good[: len(good) // 2], EOFError, "end-of-stream"),
+        "bad_crc": (good[:-8] + bytes([good[-8] ^ 0xFF]) + good[-7:], zlib.error, "check"),
+        "garbage": (good + b"not gzip", OSError, "trailing garbage"),
+    }
+    for name, (blob, exc, pattern) in cases.items():
+        path = tmp_path / f"{name}.gz"
+        path.write_bytes(blob)
+        with pytest.raises(exc, match=pattern):
+            _raw_stream(path, reading._ZlibReader, 65536)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "crc"])
+def test_damaged_gzip_image_names_the_file(tmp_path: Path, inflater: str, damage: str) -> None:
+    path, _ = _image(tmp_path)
+    blob = path.read_bytes()
+    if damage == "truncate":
+        blob = blob[: len(blob) * 2 // 3]
+    else:
+        blob = blob[:-8] + bytes([blob[-8] ^ 0xFF]) + blob[-7:]
+    path.write_bytes(blob)
+    with pytest.raises(ValueError, match=rf"{path.name}.*(truncated|corrupt)"):
+        _all_voxels(path)
+
+
+def test_uncompressed_runs_gather_any_voxel_order(tmp_path: Path, monkeypatch) -> None:
+    rng = np.random.default_rng(11)
+    data = rng.normal(size=(40, 30, 20, 6)).astype(">f8")  # big-endian float64 on disk
+    path = tmp_path / "bold.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    flat = np.asarray(data, dtype=np.float64).reshape(-1, 6, order="F").T
+    n = flat.shape[1]
+    # Unsorted, repeated voxels in three clusters far apart: several runs.
+    voxels = np.array([n - 1, 5, 7, 5, 12_000, 12_001, 6, n - 3])
+    runs = reading._voxel_runs(voxels, n, 8)
+    assert runs is not None and runs[0].size == 3
+    source = reading.open_source(str(path))
+    got = np.vstack(list(source.iter_voxel_blocks(voxels)))
+    assert np.array_equal(got, flat[:, voxels])
+
+    # Same values when the read-ahead hint is refused (EINVAL on some file systems) or
+    # missing, then without preadv (seek + readinto).
+    def refuse(*args):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(reading.os, "posix_fadvise", refuse, raising=False)
+    got = np.vstack(list(source.iter_voxel_blocks(voxels)))
+    assert np.array_equal(got, flat[:, voxels])
+    monkeypatch.delattr(reading.os, "posix_fadvise", raising=False)
+    got = np.vstack(list(source.iter_voxel_blocks(voxels)))
+    assert np.array_equal(got, flat[:, voxels])
+    monkeypatch.delattr(reading.os, "preadv", raising=False)
+    got = np.vstack(list(source.iter_voxel_blocks(voxels)))
+    assert np.array_equal(got, flat[:, voxels])
+    # Voxels spread over most of the volume: read whole, same values.
+    spread = np.arange(0, n, 3)
+    assert reading._voxel_runs(spread, n, 8) is None
+    assert np.array_equal(np.vstack(list(source.iter_voxel_blocks(spread))), flat[:, spread])
+
+
+def test_truncated_uncompressed_file_is_reported_even_for_runs(tmp_path: Path) -> None:
+    data = np.ones((40, 30, 20, 6), dtype=np.float32)
+    path = tmp_path / "bold.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    path.write_bytes(path.read_bytes()[:-100])
+    source = reading.open_source(str(path))
+    with pytest.raises(ValueError, match=r"bold\.nii is truncated"):
+        list(source.iter_voxel_blocks(np.array([0, 1])))
+
+
+def test_plain_nifti_path_is_read_without_nibabel_and_matches_it(tmp_path: Path) -> None:
+    path, _ = _image(tmp_path)
+    source = reading.open_source(str(path))
+    assert isinstance(source._parts[0], reading.NiftiFileInfo)
+    via_nibabel = reading.open_source(nib.load(path))
+    assert source.shape == via_nibabel.shape and source.n_volumes == via_nibabel.n_volumes
+    assert np.array_equal(source.affine, via_nibabel.affine)
+    assert source.filenames == [str(path)] and source.data_dtype == np.float32
+    voxels = np.array([0, 17, 400])
+    assert np.array_equal(
+        np.vstack(list(source.iter_voxel_blocks(voxels))),
+        np.vstack(list(via_nibabel.iter_voxel_blocks(voxels))),
+    )
+
+
+def test_header_the_fast_reader_declines_goes_through_nibabel(tmp_path: Path) -> None:
+    data = np.arange(4 * 5 * 6 * 3, dtype=np.int16).reshape(4, 5, 6, 3)
+    path = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti2Image(data, np.diag([3.0, 3.0, 3.0, 1.0])), path)
+    source = reading.open_source(str(path))
+    assert not isinstance(source._parts[0], reading.NiftiFileInfo)
+    flat = data.reshape(-1, 3, order="F").T.astype(np.float64)
+    assert np.array_equal(np.vstack(list(source.iter_volumes())), flat)
+
+
+def test_masker_on_a_path_imports_neither_nibabel_nor_scipy(tmp_path: Path) -> None:
+    path, _ = _image(tmp_path)
+    code = (
+        "import sys; from bids_spheres import NiftiSpheresMasker\n"
+        f"out = NiftiSpheresMasker([[4.0, 4.0, 4.0]], radius=3.0).fit_transform({str(path)!r})\n"
+        "print(out.shape, sorted(m.split('.')[0] for m in sys.modules "
+        "if m.split('.')[0] in ('nibabel', 'scipy', 'pandas')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "(13, 1) []"
+
+
+def test_zlib_reader_holds_at_most_one_bounded_piece_of_a_1000_to_1_stream(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.gz"
+    path.write_bytes(gzip.compress(bytes(48 << 20)))  # 48 MiB of zeros in ~50 KiB
+    reader = reading._ZlibReader(str(path))
+    buf = bytearray(4_328_140)
+    total = 0
+    with reader:
+        while n := reader.readinto(memoryview(buf)):
+            assert len(reader._pending) <= reading._ZlibReader._MAX_OUT
+            assert not any(buf[:n])
+            total += n
+    assert total == 48 << 20
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_reduce_scales_sums_and_counts_each_bad_voxel_once(tmp_path: Path, suffix: str) -> None:
+    rng = np.random.default_rng(5)
+    stored = rng.normal(100, 10, size=(6, 5, 4, 7)).astype(np.float32)
+    stored[1, 2, 3, 2] = np.nan  # flat voxel 1 + 2*6 + 3*30 = 103, volume 2
+    stored[0, 0, 0, 4] = np.inf  # voxel 0, volume 4
+    img = nib.Nifti1Image(stored, np.eye(4))
+    img.header.set_slope_inter(2.0, 10.0)
+    path = tmp_path / f"bold{suffix}"
+    nib.save(img, path)
+    assert nib.load(path).dataobj.slope == 2.0
+    voxels = np.array([0, 103, 50])
+    # rows 0 and 1 share voxels 0 and 103 (overlapping spheres); row 2 is empty
+    weights = RowMatrix.from_entries(
+        [0, 0, 1, 1, 1, 3], [0, 1, 0, 1, 2, 2], [0.5, 0.5, 0.25, 0.25, 0.5, 1.0], (4, 3)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inf - inf in the sums must not warn
+        result = reading.open_source(str(path)).reduce(voxels, weights)
+    values = 2.0 * stored.reshape(-1, 7, order="F").T.astype(np.float64) + 10.0
+    values = values[:, voxels]
+    assert result.n_nonfinite == 2  # each bad (voxel, volume) once, though in two rows
+    values[~np.isfinite(values)] = 0.0
+    expected = np.stack(
+        [
+            0.5 * values[:, 0] + 0.5 * values[:, 1],
+            0.25 * values[:, 0] + 0.25 * values[:, 1] + 0.5 * values[:, 2],
+            np.zeros(7),
+            values[:, 2],
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(result.signals, expected, rtol=1e-13)
+
+
+def test_reduce_bounds_memory_when_weights_outnumber_voxels(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from bids_spheres.masker import geometry as spheres
+
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(30, 30, 30, 120)).astype(np.float32)
+    img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    seeds = rng.uniform(10, 50, size=(60, 3))
+    g = spheres.membership(seeds, np.full(60, 8.0), img.affine, data.shape[:3])
+    w = spheres.smoothing_weights(g, 8.0)  # heavy overlap: entries >> voxels
+    weights = w.matrix
+    assert weights.nnz > 5 * w.voxels.size
+    expected = reading.open_source(img).reduce(w.voxels, weights, block_bytes=1).signals
+    for source in (img, tmp_path / "b.nii"):
+        if not isinstance(source, nib.Nifti1Image):
+            nib.save(img, source)
+            source = str(source)
+        tracemalloc.start()
+        got = reading.open_source(source).reduce(w.voxels, weights, block_bytes=4 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_allclose(got.signals, expected, rtol=1e-12)
+        # The whole gathered run would be 120 x nnz x 8 bytes several times over (1.3 GB
+        # before the fix). Allowed: a few 4 MiB blocks plus index arrays of one volume's
+        # entries (entries, their order, i/j/k: ~10 x nnz x 8 bytes), whatever the length.
+        assert peak < 4 * (4 << 20) + 10 * weights.nnz * 8, (source, peak, weights.nnz)
+
+
+@pytest.fixture
+def forced_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read ahead whatever the number of cores (the thread path must work anywhere)."""
+    calls = []
+
+    def always(fh, n_vol, per_block) -> bool:
+        calls.append(n_vol)
+        return not isinstance(fh, io.FileIO)
+
+    monkeypatch.setattr(reading, "_read_ahead", always)
+    yield calls
+
+
+def _read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "bids_spheres-read-ahead"]
+
+
+def test_read_ahead_gives_the_same_blocks(
+    tmp_path: Path, inflater: str, forced_read_ahead
+) -> None:
+    path, data = _image(tmp_path)
+    flat = data.reshape(-1, data.shape[3], order="F").T.astype(np.float64)
+    assert np.array_equal(_all_voxels(path), flat)  # one volume per block: 13 blocks
+    assert forced_read_ahead, "the read-ahead path was not taken"
+    voxels = np.array([5, 300, 2])
+    got = np.vstack(list(reading.open_source(str(path)).iter_voxel_blocks(voxels, block_bytes=1)))
+    assert np.array_equal(got, flat[:, voxels])
+    assert not _read_ahead_threads()
+
+
+def test_read_ahead_stops_when_abandoned_and_reports_errors(
+    tmp_path: Path, inflater: str, forced_read_ahead
+) -> None:
+    path, _ = _image(tmp_path)
+    blocks = reading.open_source(str(path)).iter_volumes(block_bytes=1)
+    next(blocks)
+    assert len(_read_ahead_threads()) == 1
+    blocks.close()
+    assert not _read_ahead_threads()
+    path.write_bytes(path.read_bytes()[:3000])  # truncated inside the data
+    with pytest.raises(ValueError, match=rf"{path.name}.*(truncated|corrupt)"):
+        _all_voxels(path)
+    assert not _read_ahead_threads()
+
+
+def test_read_ahead_is_off_for_plain_files_single_blocks_and_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = _image(tmp_path)
+    monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with reading._open_raw(str(path)) as fh:
+        assert reading._read_ahead(fh, 10, 1)
+        assert not reading._read_ahead(fh, 10, 10)  # everything fits in one block
+        monkeypatch.setenv("BIDS_SPHERES_READ_AHEAD", "0")
+        assert not reading._read_ahead(fh, 10, 1)
+    monkeypatch.delenv("BIDS_SPHERES_READ_AHEAD")
+    monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    with reading._open_raw(str(path)) as fh:
+        assert not reading._read_ahead(fh, 10, 1)  # one core: nothing to overlap
+    with open(path, "rb", buffering=0) as fh:
+        monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        assert not reading._read_ahead(fh, 10, 1)
