@@ -2,6 +2,8 @@
 
 What this module promises
 -------------------------
+* :func:`check_bids_dir` refuses a ``bids_dir`` that does not exist, is not a
+  folder, or (unless ``--skip-bids-validator``) has no ``dataset_description.json``.
 * :func:`find_fmriprep_dir` tells the fMRIPrep dataset apart from the raw one in
   the three layouts a user may give (``bids_dir`` is the fMRIPrep output;
   ``bids_dir/derivatives/fmriprep`` or another ``derivatives/*`` folder whose
@@ -58,12 +60,14 @@ from bids_spheres.errors import (
     NothingSelectedError,
     OutputError,
     UsageError,
+    ValidationError,
 )
 
 __all__ = [
     "DEFAULT_SPACE",
     "MAX_FILTER_FILE_BYTES",
     "RunInputs",
+    "check_bids_dir",
     "collect_runs",
     "find_fmriprep_dir",
     "list_subjects",
@@ -193,6 +197,27 @@ class RunInputs:
 
 
 # --------------------------------------------------------------------------- locating inputs
+
+
+def check_bids_dir(bids_dir: Path, *, skip_validator: bool = False) -> None:
+    """Refuse a ``bids_dir`` that is missing, not a folder, or (unless skipped) not BIDS.
+
+    Raises
+    ------
+    MissingInputError
+        If ``bids_dir`` does not exist or is not a directory.
+    ValidationError
+        If it has no ``dataset_description.json`` and ``skip_validator`` is false.
+    """
+    if not bids_dir.exists():
+        raise MissingInputError(f"bids_dir {bids_dir} does not exist; check the path")
+    if not bids_dir.is_dir():
+        raise MissingInputError(f"bids_dir {bids_dir} is not a directory")
+    if not skip_validator and not (bids_dir / "dataset_description.json").is_file():
+        raise ValidationError(
+            f"{bids_dir} is not a BIDS dataset (no dataset_description.json); point "
+            "bids_dir at the dataset root or pass --skip-bids-validator"
+        )
 
 
 def find_fmriprep_dir(

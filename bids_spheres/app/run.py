@@ -1,0 +1,546 @@
+"""One BOLD run, top to bottom: plan, mask, geometry, confounds, extract, provenance, write.
+
+Promise
+-------
+:func:`process_run` turns one :class:`RunTask` into one :class:`RunResult` and
+never raises: a run with too few volumes left is ``skipped``, any other error a
+user can cause (and ``ValueError``, ``OSError``, ``TypeError``) makes it
+``failed`` with a one-line reason, logged. Each step below is a plain function
+called once, in this order; each takes what the earlier steps produced and
+returns a small frozen dataclass (or the values the next step needs):
+
+1. :func:`plan` -- the output paths, the parameters hash, and whether the run
+   is finished already (same hash, complete outputs; skipped unless
+   ``--overwrite``). Nothing is read but file stamps.
+2. :func:`open_bold` -- the BOLD header: a 4D series whose field of view holds
+   the seeds.
+3. :func:`mask_on_grid` -- the mask named by ``--mask``, on the BOLD grid.
+4. :func:`place_spheres` -- sphere membership, coverage, overlap and the seeds
+   usable at ``--min-coverage``.
+5. :func:`select_confounds` -- the strategy's confounds and kept volumes, their
+   length and the degrees of freedom left.
+6. :func:`extract` -- the masker (public API only), its warnings captured and
+   logged; the seed table, its correlation matrix and the temporal SNR.
+7. :func:`run_sidecar` and :func:`relmat_sidecar` -- the provenance JSON.
+8. :func:`write` -- the four files, atomically (:func:`bids_spheres.app.outputs.write_run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from bids_spheres import __version__
+from bids_spheres.app import confounds, discovery, outputs, seeds
+from bids_spheres.app.config import RunConfig
+from bids_spheres.errors import BidsSpheresError, DataError, MissingInputError, one_line
+from bids_spheres.masker import NiftiSpheresMasker, load_mask, reading, resample_mask
+from bids_spheres.masker import geometry as spheres
+
+__all__ = [
+    "Confounds",
+    "Plan",
+    "RunMask",
+    "RunResult",
+    "RunTask",
+    "SeedSpheres",
+    "Signals",
+    "extract",
+    "mask_on_grid",
+    "open_bold",
+    "place_spheres",
+    "plan",
+    "process_run",
+    "relmat_sidecar",
+    "run_sidecar",
+    "select_confounds",
+    "write",
+]
+
+log = logging.getLogger("bids_spheres")
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Everything one run needs; picklable, so it can go to another process."""
+
+    config: RunConfig
+    run: discovery.RunInputs
+    seeds: seeds.SeedSet
+    strategy: confounds.Strategy
+    fmriprep_name: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What happened to one run: status is 'written', 'finished', 'skipped' or 'failed'."""
+
+    bold: str
+    status: str
+    reason: str = ""
+    outputs: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def label(self) -> str:
+        return Path(self.bold).name
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the run's outputs go, the hash of what defines them, and whether they exist."""
+
+    paths: outputs.RunPaths
+    digest: str
+    finished: bool
+
+
+@dataclass(frozen=True)
+class RunMask:
+    """The mask of the run: what to give the masker, how the sidecar names it, the grid array."""
+
+    img: Any  # path or image; None for --mask none
+    description: str
+    array: np.ndarray | None  # on the BOLD grid; None for --mask none
+
+
+@dataclass(frozen=True)
+class SeedSpheres:
+    """The seeds' spheres on the BOLD grid; ``usable`` seeds are extracted, the others n/a."""
+
+    coords: np.ndarray
+    radii: np.ndarray
+    geometry: spheres.SphereGeometry
+    coverage: np.ndarray
+    usable: np.ndarray
+    missing: list[str]
+
+
+@dataclass(frozen=True)
+class Confounds:
+    """The confound selection of the run (None without a confounds file)."""
+
+    selection: confounds.ConfoundSelection | None
+    matrix: np.ndarray | None
+    sample_mask: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the masker gave, laid out per seed (n/a columns for unusable seeds)."""
+
+    bold_input: Path
+    table: np.ndarray
+    relmat: np.ndarray
+    kept: np.ndarray
+    tsnr: np.ndarray
+    warnings: list[str]
+
+
+def process_run(task: RunTask) -> RunResult:
+    """Extract, clean and write one run; never raises (failures become a RunResult)."""
+    run = task.run
+    try:
+        return _steps(task)
+    except confounds.TooFewVolumesError as exc:
+        log.warning("skipped %s: %s", run.bold.name, one_line(exc))
+        return RunResult(str(run.bold), "skipped", one_line(exc))
+    except (BidsSpheresError, ValueError, OSError, TypeError) as exc:
+        log.error("FAILED %s: %s", run.bold.name, one_line(exc))
+        return RunResult(str(run.bold), "failed", one_line(exc))
+
+
+def _steps(task: RunTask) -> RunResult:
+    planned = plan(task)
+    if planned.finished:
+        log.info("finished already: %s", planned.paths.timeseries_tsv.name)
+        return RunResult(str(task.run.bold), "finished")
+    source = open_bold(task)
+    mask = mask_on_grid(task, source)
+    placed = place_spheres(task, source, mask)
+    nuisance = select_confounds(task, source.n_volumes)
+    signals = extract(task, source, mask, placed, nuisance)
+    sidecar = run_sidecar(task, planned, source, mask, placed, nuisance, signals)
+    relmat_json = relmat_sidecar(task, planned)
+    return write(task, planned, signals, sidecar, relmat_json)
+
+
+# --------------------------------------------------------------------------
+# the steps, in order
+
+
+def plan(task: RunTask) -> Plan:
+    """Output paths and parameters hash; ``finished`` when complete outputs carry that hash.
+
+    Removes the temporary files a killed earlier run left in the output folder.
+    """
+    config, run, seed_set, strategy = task.config, task.run, task.seeds, task.strategy
+    strategy_label = outputs.to_label(strategy.name)
+    paths = outputs.run_paths(
+        config.output_dir, run.entities, atlas=seed_set.label, desc=strategy_label
+    )
+    inputs = [run.bold, run.mask, run.confounds]
+    params = {
+        "version": __version__,
+        "cleaning": config.cleaning_parameters(),
+        "strategy": strategy.to_dict(),
+        "seeds": seed_set.to_dataframe().to_dict(orient="list"),
+        "inputs": [_file_stamp(p) for p in inputs if p is not None],
+    }
+    digest = outputs.params_hash(params)
+    outputs.remove_stale_temps(paths.directory)  # left by a killed earlier run
+    finished = not config.overwrite and outputs.is_complete(paths, digest)
+    return Plan(paths, digest, finished)
+
+
+def open_bold(task: RunTask) -> reading.VolumeSource:
+    """The BOLD series' header: 4D with at least 2 volumes, its field of view holding the seeds."""
+    run = task.run
+    if run.problem:
+        raise DataError(run.problem)
+    source = reading.open_source(run.bold)
+    if source.ndim != 4 or source.n_volumes < 2:
+        raise DataError(
+            f"{run.bold} is not a 4D BOLD series (shape {source.shape}, {source.n_volumes} "
+            "volume(s)); check the file"
+        )
+    seeds.check_field_of_view(task.seeds, source.affine, source.shape, str(run.bold))
+    return source
+
+
+def mask_on_grid(task: RunTask, source: reading.VolumeSource) -> RunMask:
+    """The mask of ``--mask`` (the run's, TemplateFlow's, a file or none) on the BOLD grid."""
+    img, description = _mask_for(task.config, task.run)
+    array = None
+    if img is not None:
+        array = resample_mask(load_mask(img), source.affine, source.shape)
+    return RunMask(img, description, array)
+
+
+def place_spheres(task: RunTask, source: reading.VolumeSource, mask: RunMask) -> SeedSpheres:
+    """Sphere membership and coverage; refuses overlap (unless allowed) and no usable seed."""
+    config, run, seed_set = task.config, task.run, task.seeds
+    radii = seed_set.resolve_radii(config.radius)
+    coords = np.asarray(seed_set.coords_mm, dtype=np.float64)
+    geometry = spheres.membership(coords, radii, source.affine, source.shape, mask.array)
+    coverage = geometry.coverage
+    usable = (geometry.sizes > 0) & (coverage >= config.min_coverage)
+    if not config.allow_overlap:
+        pairs = spheres.check_overlap(geometry)
+        if pairs:
+            names = ", ".join(f"{seed_set.names[a]}/{seed_set.names[b]}" for a, b in pairs[:10])
+            raise DataError(
+                f"spheres overlap on the grid of {run.bold.name}: {names}; use a smaller "
+                "--radius or pass --allow-overlap"
+            )
+    missing = [seed_set.names[i] for i in np.flatnonzero(~usable)]
+    if missing:
+        log.warning(
+            "%s: %d seed(s) below --min-coverage %.2f written as n/a: %s",
+            run.bold.name,
+            len(missing),
+            config.min_coverage,
+            ", ".join(missing[:10]),
+        )
+    if not usable.any():
+        raise DataError(
+            f"no seed has a sphere with coverage >= {config.min_coverage} in {run.bold.name} "
+            f"(mask: {mask.description}); check --space, the seeds and --min-coverage"
+        )
+    return SeedSpheres(coords, radii, geometry, coverage, usable, missing)
+
+
+def select_confounds(task: RunTask, n_volumes: int) -> Confounds:
+    """The strategy's confounds and kept volumes, checked against the BOLD length.
+
+    Raises :class:`~bids_spheres.app.confounds.TooFewVolumesError` (the run is
+    skipped) when the kept volumes leave no degree of freedom.
+    """
+    config, run, strategy = task.config, task.run, task.strategy
+    if run.confounds is None and strategy.name != "none":
+        raise MissingInputError(
+            f"no fMRIPrep confounds file next to {run.bold}; expected "
+            "*_desc-confounds_timeseries.tsv, or use --denoise-strategy none"
+        )
+    if run.confounds is None:
+        return Confounds(None, None, None)
+    selection = confounds.select(
+        run.confounds,
+        strategy,
+        fd_threshold=config.fd_threshold,
+        dvars_threshold=config.dvars_threshold,
+        dummy_scans=config.dummy_scans,
+    )
+    confounds.check_length(selection, n_volumes, run.bold)
+    matrix = None
+    if selection.confounds.shape[1] > 0:
+        matrix = selection.confounds.to_numpy(dtype=np.float64)
+    # degrees of freedom: confounds + mean + trend must leave something to clean
+    n_regressors = selection.confounds.shape[1] + (2 if config.detrend else 1)
+    if selection.n_kept <= n_regressors:
+        raise confounds.TooFewVolumesError(
+            run.confounds,
+            selection.n_volumes,
+            selection.n_kept,
+            n_regressors + 1,
+            f"{run.bold.name} keeps {selection.n_kept} volumes but strategy "
+            f"{strategy.name} regresses {selection.confounds.shape[1]} confounds (plus mean "
+            "and trend): no degrees of freedom left; use a lighter --denoise-strategy",
+        )
+    return Confounds(selection, matrix, selection.sample_mask)
+
+
+def extract(
+    task: RunTask,
+    source: reading.VolumeSource,
+    mask: RunMask,
+    placed: SeedSpheres,
+    nuisance: Confounds,
+) -> Signals:
+    """Run the masker on the usable seeds; log its warnings; lay the signals out per seed."""
+    config, run, strategy = task.config, task.run, task.strategy
+    bold_input: Any = run.bold
+    if getattr(strategy, "requires_bold_desc", None):
+        if run.aroma_bold is None:
+            raise MissingInputError(
+                f"strategy {strategy.name} needs the desc-{strategy.requires_bold_desc}_bold "
+                f"file of {run.bold.name}, which fMRIPrep did not write; rerun fMRIPrep with "
+                "--use-aroma or choose another --denoise-strategy"
+            )
+        bold_input = run.aroma_bold
+    mask_img = mask.img
+    if mask.array is not None and bold_input is run.bold:
+        # the mask already read and put on this grid: not read and resampled again
+        mask_img = nib.Nifti1Image(mask.array.astype(np.uint8), source.affine)
+    usable = placed.usable
+    masker = NiftiSpheresMasker(
+        [tuple(c) for c in placed.coords[usable]],
+        radius=placed.radii[usable],
+        mask_img=mask_img,
+        allow_overlap=True,  # overlap was checked by place_spheres on all seeds
+        smoothing_fwhm=config.smoothing_fwhm,
+        standardize=config.standardize if config.standardize else False,
+        detrend=config.detrend,
+        low_pass=config.low_pass,
+        high_pass=config.high_pass,
+        t_r=run.t_r,
+        dtype=np.float32,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        extracted = masker.fit().extract(bold_input, nuisance.matrix, nuisance.sample_mask)
+        signals, raw = extracted.signals, extracted.raw
+    run_warnings = sorted({" ".join(str(w.message).split()) for w in caught})
+    for message in run_warnings:
+        log.warning("%s: %s", run.bold.name, message)
+    n_seeds = len(task.seeds)
+    table = np.full((signals.shape[0], n_seeds), np.nan, dtype=np.float64)
+    table[:, usable] = signals
+    relmat = _correlation(table)
+
+    sample_mask = nuisance.sample_mask
+    kept = np.arange(source.n_volumes) if sample_mask is None else np.asarray(sample_mask, int)
+    tsnr = np.full(n_seeds, np.nan)
+    raw_kept = raw[kept]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tsnr[usable] = raw_kept.mean(axis=0) / raw_kept.std(axis=0, ddof=1)
+    return Signals(bold_input, table, relmat, kept, tsnr, run_warnings)
+
+
+def run_sidecar(
+    task: RunTask,
+    planned: Plan,
+    source: reading.VolumeSource,
+    mask: RunMask,
+    placed: SeedSpheres,
+    nuisance: Confounds,
+    signals: Signals,
+) -> dict[str, Any]:
+    """The timeseries JSON: sources, seeds, volumes, denoising and cleaning provenance."""
+    config, run, seed_set, strategy = task.config, task.run, task.seeds, task.strategy
+    selection = nuisance.selection
+    sources = [
+        outputs.bids_uri(task.fmriprep_name, _relative(p, run.fmriprep_root))
+        for p in (signals.bold_input, run.mask, run.confounds)
+        if p is not None
+    ]
+    tsnr = signals.tsnr
+    seed_info = {
+        name: {
+            "CoordinatesMM": [float(v) for v in placed.coords[i]],
+            "RadiusMM": float(placed.radii[i]),
+            "Network": seed_set.networks[i],
+            "VoxelCount": int(placed.geometry.sizes[i]),
+            "Coverage": round(float(placed.coverage[i]), 4),
+            "Status": "ok" if placed.usable[i] else "n/a: coverage below threshold",
+            "TemporalSNR": None if not np.isfinite(tsnr[i]) else round(float(tsnr[i]), 3),
+        }
+        for i, name in enumerate(seed_set.names)
+    }
+    return {
+        "Description": (
+            f"Mean signal of spheres around the {seed_set.name} seeds, denoised with the "
+            f"'{strategy.name}' strategy; one column per seed, one row per kept volume."
+        ),
+        "SamplingFrequency": 1.0 / run.t_r,
+        "RepetitionTime": run.t_r,
+        "Sources": sources,
+        "SeedSet": seed_set.name,
+        "SeedSpace": seed_set.space,
+        "Space": run.entities.get("space"),
+        "Mask": mask.description,
+        "Seeds": seed_info,
+        "MissingSeeds": placed.missing,
+        "Warnings": signals.warnings,
+        "NumberOfVolumes": source.n_volumes,
+        "KeptVolumes": signals.kept.tolist(),
+        "NonSteadyStateVolumes": (
+            [int(i) for i in selection.nonsteady] if selection is not None else []
+        ),
+        "ScrubbedVolumes": [int(i) for i in selection.scrubbed] if selection is not None else [],
+        "MeanFramewiseDisplacement": _finite_or_none(selection.mean_fd if selection else None),
+        "MaxFramewiseDisplacement": _finite_or_none(selection.max_fd if selection else None),
+        "Denoising": selection.provenance if selection is not None else {"strategy": "none"},
+        "CleaningParameters": {
+            **config.cleaning_parameters(),
+            "t_r": run.t_r,
+            "order": "detrend -> butterworth -> confound regression -> standardize",
+        },
+        "SoftwareVersion": f"bids_spheres {__version__}",
+        "ParametersHash": planned.digest,
+    }
+
+
+def relmat_sidecar(task: RunTask, planned: Plan) -> dict[str, Any]:
+    """The correlation matrix JSON; its nodes are the columns of the run's timeseries."""
+    timeseries = planned.paths.timeseries_tsv.relative_to(task.config.output_dir).as_posix()
+    return {
+        "RelationshipMeasure": "Pearson correlation",
+        "Weighted": True,
+        "Directed": False,
+        "ValidDiagonal": False,
+        "StorageFormat": "Full",
+        "NodeFiles": [outputs.bids_uri("bids_spheres", timeseries)],
+        "Sources": [outputs.bids_uri("bids_spheres", timeseries)],
+        "Description": "Correlation of the kept (uncensored) volumes; n/a for missing seeds.",
+    }
+
+
+def write(
+    task: RunTask,
+    planned: Plan,
+    signals: Signals,
+    sidecar: dict[str, Any],
+    relmat_json: dict[str, Any],
+) -> RunResult:
+    """Write the timeseries and correlation matrix with their sidecars (atomic)."""
+    paths = planned.paths
+    outputs.write_run(
+        paths,
+        signals.table,
+        list(task.seeds.names),
+        sidecar,
+        relmat=signals.relmat,
+        relmat_sidecar=relmat_json,
+    )
+    log.info("wrote %s", paths.timeseries_tsv.relative_to(task.config.output_dir))
+    return RunResult(
+        str(task.run.bold),
+        "written",
+        outputs=(str(paths.timeseries_tsv), str(paths.timeseries_json)),
+    )
+
+
+# --------------------------------------------------------------------------
+# private helpers
+
+
+def _mask_for(config: RunConfig, run: discovery.RunInputs) -> tuple[Any, str]:
+    if config.mask == "none":
+        return None, "none"
+    if config.mask == "fmriprep":
+        if run.mask is None:
+            raise MissingInputError(
+                f"no desc-brain_mask found for {run.bold}; use --mask template, --mask none "
+                "or a mask file"
+            )
+        return run.mask, str(run.mask.name)
+    if config.mask == "template":
+        path = _template_mask(config.space, run.entities.get("res") or config.res)
+        return path, f"TemplateFlow {path.name}"
+    return Path(config.mask), str(config.mask)
+
+
+def _template_mask(space: str, res: str | None) -> Path:
+    """The TemplateFlow brain mask of ``space`` (imported lazily; never downloads)."""
+    home = Path(os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow")).expanduser()
+    if not home.is_dir() or not any(home.iterdir()):
+        # importing templateflow here would try to download its skeleton
+        raise MissingInputError(
+            f"--mask template needs TemplateFlow templates, but TEMPLATEFLOW_HOME={home} is "
+            "empty; set TEMPLATEFLOW_HOME to a directory holding the templates (the container "
+            "image ships one) or use --mask fmriprep"
+        )
+    os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+    try:
+        from templateflow import api as tflow
+    except ImportError as exc:  # pragma: no cover - templateflow is a dependency extra
+        raise MissingInputError(
+            "--mask template needs the templateflow package; pip install templateflow"
+        ) from exc
+    query: dict[str, Any] = {"desc": "brain", "suffix": "mask", "extension": ".nii.gz"}
+    if res is not None:
+        query["resolution"] = res
+    found = tflow.ls(space, **query)
+    found = [Path(p) for p in (found if isinstance(found, list) else [found]) if p]
+    local = [p for p in found if p.is_file() and p.stat().st_size > 0]
+    if not local:
+        raise MissingInputError(
+            f"the TemplateFlow brain mask of {space}"
+            f"{' res-' + str(res) if res else ''} is not available locally in "
+            f"TEMPLATEFLOW_HOME={home}; fetch it where there is internet "
+            f"(python -c \"from templateflow import api; api.get('{space}', desc='brain', "
+            "suffix='mask')\") or use --mask fmriprep"
+        )
+    if len(local) > 1:
+        raise DataError(
+            f"several TemplateFlow brain masks match {space} ({', '.join(p.name for p in local)});"
+            f" give the resolution with --space {space}:res-N"
+        )
+    return local[0]
+
+
+def _correlation(table: np.ndarray) -> np.ndarray:
+    n = table.shape[1]
+    out = np.full((n, n), np.nan)
+    ok = np.flatnonzero(np.all(np.isfinite(table), axis=0))
+    if ok.size and table.shape[0] > 1:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.corrcoef(table[:, ok], rowvar=False)
+        out[np.ix_(ok, ok)] = np.atleast_2d(corr)
+    return out
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None or not np.isfinite(value):
+        return None
+    return float(value)
+
+
+def _file_stamp(path: Path) -> list[Any]:
+    st = os.stat(path)
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def _relative(path: Any, root: Path) -> str:
+    path = Path(path)
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
