@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bids_spheres.app.filters import load_filter_file
 from bids_spheres.errors import UsageError
 
 __all__ = ["RunConfig", "parse_space"]
@@ -81,8 +82,6 @@ class RunConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunConfig:
         """Build and cross-check a RunConfig from ``build_parser().parse_args()``."""
-        from bids_spheres.app import discovery
-
         bids_dir = Path(args.bids_dir).absolute()
         output_dir = Path(args.output_dir).absolute()
         if output_dir == bids_dir:
@@ -101,7 +100,7 @@ class RunConfig:
         space, res = parse_space(args.space)
         filters = None
         if args.bids_filter_file is not None:
-            filters = discovery.load_filter_file(args.bids_filter_file)
+            filters = load_filter_file(args.bids_filter_file)
         mask = args.mask
         if mask not in ("fmriprep", "template", "none"):
             path = Path(mask)

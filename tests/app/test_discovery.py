@@ -17,13 +17,15 @@ import pytest
 
 from bids_spheres.app.demo import SPACE, DemoInfo, build_dataset
 from bids_spheres.app.discovery import (
-    MAX_FILTER_FILE_BYTES,
     RunInputs,
     collect_runs,
     find_fmriprep_dir,
     list_subjects,
-    load_filter_file,
     make_layout,
+)
+from bids_spheres.app.filters import (
+    MAX_FILTER_FILE_BYTES,
+    load_filter_file,
     validate_bids_filters,
 )
 from bids_spheres.errors import (
