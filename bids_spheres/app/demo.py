@@ -49,6 +49,9 @@ dataset; ``"raw+derivatives"`` makes ``root`` a raw BIDS dataset (tiny int16
 BOLD runs with sidecars, ``participants.tsv``) with the fMRIPrep outputs under
 ``root/derivatives/fmriprep``.  The seeds are written to
 ``<root>/code/demo_seeds.tsv`` with a ``demo_seeds.json`` sidecar.
+
+This module only builds the dataset; the ``bids_spheres-demo`` command that
+also runs the app on it is :func:`bids_spheres.app.cli.demo_main`.
 """
 
 from __future__ import annotations
@@ -853,74 +856,3 @@ def _write_nifti(
     if path.name.endswith(".gz"):
         payload = _gzip_compress(payload, compresslevel=_GZIP_LEVEL, mtime=0)
     path.write_bytes(payload)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``bids_spheres-demo [OUT]``: build the example dataset, run both levels, summarize.
-
-    Writes ``OUT/fmriprep`` (the example fMRIPrep dataset, built once and then
-    reused) and ``OUT/bids_spheres`` (the derivatives), then prints the shape of
-    the signals and where the planted seed pairs stand in the group connectome.
-    Returns the exit code of the first level that failed, else 0.
-    """
-    import argparse
-    import sys
-
-    import pandas as pd
-
-    from bids_spheres.app.cli import main as cli_main
-
-    parser = argparse.ArgumentParser(
-        prog="bids_spheres-demo",
-        description="Build a small fMRIPrep-like example dataset with planted correlated seeds "
-        "and run bids_spheres on it (participant, then group level).",
-    )
-    parser.add_argument(
-        "out",
-        nargs="?",
-        default="bids_spheres_demo",
-        type=Path,
-        help="directory for the example dataset and the outputs",
-    )
-    parser.add_argument("--nprocs", type=int, default=2, help="runs processed at once")
-    args = parser.parse_args(argv)
-
-    out = args.out.absolute()
-    dataset = out / "fmriprep"
-    if not (dataset / "dataset_description.json").is_file():
-        print(f"building the example fMRIPrep dataset in {dataset}", file=sys.stderr)
-        build_dataset(dataset)
-    seeds_tsv = dataset / "code" / "demo_seeds.tsv"
-    derivatives = out / "bids_spheres"
-    common = [str(dataset), str(derivatives)]
-    options = ["--seeds", str(seeds_tsv), "--nprocs", str(args.nprocs), "--min-volumes", "20"]
-    for level in ("participant", "group"):
-        code = cli_main([*common, level, *options])
-        if code != 0:
-            return code
-
-    runs = sorted(derivatives.glob("sub-*/func/*_timeseries.tsv"))
-    tables = sorted((derivatives / "group").glob("*_meas-FisherZMean_*_relmat.tsv"))
-    if not runs or not tables:
-        print(f"bids_spheres-demo: no outputs found under {derivatives}", file=sys.stderr)
-        return 1
-    first = pd.read_csv(runs[0], sep="\t", na_values="n/a")
-    matrix = pd.read_csv(tables[0], sep="\t", na_values="n/a")
-    matrix.index = matrix.columns
-    print(
-        f"participant level: {len(runs)} runs; signals of shape {first.shape} "
-        f"(volumes x seeds), e.g. {runs[0]}"
-    )
-    print(f"group connectome (mean Fisher z across participants): {tables[0]}")
-    planted = {frozenset(pair) for pair in PLANTED_PAIRS}
-    for a, b in PLANTED_PAIRS:
-        print(f"  planted pair {a}-{b}: z = {matrix.loc[a, b]:.2f}")
-    others = [
-        abs(matrix.loc[a, b])
-        for i, a in enumerate(matrix.columns)
-        for b in matrix.columns[i + 1 :]
-        if frozenset((a, b)) not in planted
-    ]
-    print(f"  every other pair: |z| <= {max(others):.2f}")
-    print(f"report: {derivatives / 'group' / 'report.html'}")
-    return 0

@@ -317,7 +317,7 @@ def test_template_mask_missing_offline_is_clear(
 
 
 def test_demo_command_runs_both_levels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bids_spheres.app.demo import main as demo_main
+    from bids_spheres.app.cli import demo_main
 
     assert demo_main([str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
