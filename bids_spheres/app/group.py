@@ -79,13 +79,14 @@ import logging
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bids_spheres.app.report import CombinationSummary
 from bids_spheres.errors import MissingInputError, UsageError, one_line
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ if TYPE_CHECKING:
 
     from bids_spheres.app.config import RunConfig
 
-__all__ = ["CombinationSummary", "RunFiles", "find_runs", "parse_entities", "run"]
+__all__ = ["RunFiles", "find_runs", "parse_entities", "run"]
 
 log = logging.getLogger("bids_spheres")
 
@@ -132,26 +133,6 @@ class RunFiles:
     @property
     def any_path(self) -> Path:
         return next(p for p in (self.timeseries_tsv, self.timeseries_json) if p is not None)
-
-
-@dataclass
-class CombinationSummary:
-    """What the group level computed for one (atlas, desc) pair; feeds the report."""
-
-    atlas: str
-    desc: str
-    space: str | None
-    seeds: pd.DataFrame
-    runs: pd.DataFrame
-    mean: np.ndarray
-    sd: np.ndarray
-    n_participants: int
-    participants: list[str]
-    files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"atlas-{self.atlas}_desc-{self.desc}"
 
 
 def run(config: RunConfig) -> int:

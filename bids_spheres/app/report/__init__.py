@@ -12,6 +12,9 @@ brain, the group connectome ordered by network, the motion distributions with
 the usability thresholds, the per-seed coverage, the excluded runs with their
 reasons and the seeds missing in some run; at the top, the participants of
 the input dataset that have no participant-level output.
+
+:class:`CombinationSummary` is what the page shows of one pair; the group level
+(:mod:`bids_spheres.app.group`) builds it, and this package imports nothing of it.
 """
 
 from __future__ import annotations
@@ -19,17 +22,42 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from bids_spheres.app.group import CombinationSummary
+    import pandas as pd
 
-__all__ = ["render"]
+__all__ = ["CombinationSummary", "render"]
 
 #: at most this many rows in the "seeds missing in some run" table
 MAX_SEED_ROWS = 60
+
+
+@dataclass
+class CombinationSummary:
+    """What the group level computed for one (atlas, desc) pair: what :func:`render` shows.
+
+    Built by :mod:`bids_spheres.app.group`; ``files`` maps ``runs``, ``seeds``, ``mean`` and
+    ``sd`` to the names of the group tables written next to the report.
+    """
+
+    atlas: str
+    desc: str
+    space: str | None
+    seeds: pd.DataFrame
+    runs: pd.DataFrame
+    mean: np.ndarray
+    sd: np.ndarray
+    n_participants: int
+    participants: list[str]
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"atlas-{self.atlas}_desc-{self.desc}"
 
 
 def render(
