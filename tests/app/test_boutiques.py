@@ -23,7 +23,7 @@ import pytest
 
 from bids_spheres import __version__
 from bids_spheres.app.cli import ANALYSIS_LEVELS, EXIT_CODES, build_parser
-from bids_spheres.app.demo import DEMO_SEEDS, build_dataset
+from bids_spheres.app.demo import DEMO_SEEDS, DemoInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 DESCRIPTOR_PATH = ROOT / "boutiques.json"
@@ -241,8 +241,8 @@ def _launch(invocation: dict, work: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_bosh_exec_launch_runs_the_demo(tmp_path: Path) -> None:
-    demo = build_dataset(tmp_path / "ds", n_subjects=2, n_runs=1)
+def test_bosh_exec_launch_runs_the_demo(demo_one_run: DemoInfo, tmp_path: Path) -> None:
+    demo = demo_one_run  # shared and read-only (tests/conftest.py)
     out = tmp_path / "out"
     common = {
         "bids_dir": str(demo.root),

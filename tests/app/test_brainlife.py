@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bids_spheres.app.cli import build_parser
-from bids_spheres.app.demo import DEMO_SEEDS, build_dataset
+from bids_spheres.app.demo import DEMO_SEEDS, DemoInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "brainlife" / "main"
@@ -149,8 +149,11 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_main_runs_the_demo_without_container(tmp_path: Path) -> None:
-    demo = build_dataset(tmp_path / "task" / "fmriprep", n_subjects=2, n_runs=1)
+def test_main_runs_the_demo_without_container(
+    demo_one_run: DemoInfo, copy_demo, tmp_path: Path
+) -> None:
+    # the input staged in the task directory, as brainlife does: a copy of the shared demo
+    demo = copy_demo(demo_one_run, tmp_path / "task" / "fmriprep")
     task = tmp_path / "task"
     (task / "config.json").write_text(
         json.dumps(

@@ -22,7 +22,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bids_spheres.app.demo import build_dataset
+from bids_spheres.app.demo import DemoInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text(encoding="utf-8")
@@ -307,9 +307,11 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def test_image_environment_writes_only_to_output_and_tmp(tmp_path: Path) -> None:
+def test_image_environment_writes_only_to_output_and_tmp(
+    demo_one_run: DemoInfo, tmp_path: Path
+) -> None:
     """The app under the image's ENV: input, HOME, cwd and TEMPLATEFLOW_HOME stay untouched."""
-    demo = build_dataset(tmp_path / "data", n_subjects=2, n_runs=1)
+    demo = demo_one_run  # shared and read-only (tests/conftest.py)
     fake_tmp, home, cwd, tf = (tmp_path / n for n in ("tmp", "home", "cwd", "templateflow"))
     for d in (fake_tmp, home, cwd, tf):
         d.mkdir()

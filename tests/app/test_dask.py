@@ -13,12 +13,13 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from bids_spheres.app.cli import main  # noqa: E402
-from bids_spheres.app.demo import build_dataset  # noqa: E402
+from bids_spheres.app.demo import DemoInfo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("dask") / "ds", n_subjects=3)
+def demo(demo_three_subjects: DemoInfo) -> DemoInfo:
+    """3 subjects x 2 runs: the shared, read-only ``demo_three_subjects`` (tests/conftest.py)."""
+    return demo_three_subjects
 
 
 @pytest.fixture

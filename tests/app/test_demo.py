@@ -37,9 +37,10 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory) -> DemoInfo:
-    """One subject, two 100-volume runs: enough samples to check correlations."""
-    return build_dataset(tmp_path_factory.mktemp("full") / "ds", n_subjects=1, n_runs=2)
+def full(demo_dataset: DemoInfo) -> DemoInfo:
+    """The shared standard demo (tests/conftest.py): 2 subjects x two 100-volume runs,
+    enough samples to check correlations.  Read-only."""
+    return demo_dataset
 
 
 def _confounds(bold: Path) -> pd.DataFrame:

@@ -39,9 +39,10 @@ MNI = f"space-{SPACE}"
 
 
 @pytest.fixture(scope="module")
-def deriv(tmp_path_factory: pytest.TempPathFactory) -> DemoInfo:
-    """fMRIPrep layout, 2 subjects x 2 runs; never modified by the tests."""
-    return build_dataset(tmp_path_factory.mktemp("deriv") / "ds", n_runs=2, n_volumes=40)
+def deriv(demo_dataset: DemoInfo) -> DemoInfo:
+    """fMRIPrep layout, 2 subjects x 2 runs: the shared, read-only standard demo
+    (tests/conftest.py)."""
+    return demo_dataset
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,10 @@ def with_sessions(tmp_path_factory: pytest.TempPathFactory) -> DemoInfo:
 
 
 @pytest.fixture
-def small(tmp_path: Path) -> DemoInfo:
-    """A fresh one-run dataset the test may modify."""
-    return build_dataset(tmp_path / "ds", n_subjects=1, n_runs=1, n_volumes=40)
+def small(demo_small: DemoInfo, copy_demo, tmp_path: Path) -> DemoInfo:
+    """A fresh one-run dataset the test may modify: a private copy of the shared
+    ``demo_small`` (1 subject x 1 run x 40 volumes, tests/conftest.py)."""
+    return copy_demo(demo_small, tmp_path / "ds")
 
 
 def _labels(runs: list[RunInputs]) -> list[str]:

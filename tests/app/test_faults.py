@@ -4,7 +4,6 @@ the other runs still processed, nothing written outside output_dir and the work 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,18 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bids_spheres.app.cli import main
-from bids_spheres.app.demo import build_dataset
+from bids_spheres.app.demo import DemoInfo
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("faults") / "ds")
-
-
-def _copy(demo, tmp_path: Path) -> Path:
-    data = tmp_path / "ds"
-    shutil.copytree(demo.root, data)
-    return data
+def demo(demo_dataset: DemoInfo) -> DemoInfo:
+    """The shared, read-only standard demo (tests/conftest.py); tests that corrupt
+    inputs take ``demo_copy``, a private copy of it."""
+    return demo_dataset
 
 
 def _bold(data: Path) -> Path:
@@ -139,7 +134,7 @@ def _no_repetition_time(data: Path) -> None:
     ],
 )
 def test_one_bad_run_fails_alone(
-    demo,
+    demo_copy: DemoInfo,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     corrupt: Callable[[Path], None],
@@ -148,7 +143,7 @@ def test_one_bad_run_fails_alone(
 ) -> None:
     import re
 
-    data = _copy(demo, tmp_path)
+    data = demo_copy.root
     bold, confounds = _bold(data), _confounds(data)
     corrupt(data)
     out = tmp_path / "out"
@@ -171,9 +166,9 @@ def test_one_bad_run_fails_alone(
 
 
 def test_nan_voxels_constant_spheres_oblique_affine_and_mask_grid(
-    demo, tmp_path: Path, capsys
+    demo_copy: DemoInfo, tmp_path: Path, capsys
 ) -> None:
-    data = _copy(demo, tmp_path)
+    data = demo_copy.root
     seeds = pd.read_csv(data / "code" / "demo_seeds.tsv", sep="\t")
     # run 1 of sub-01: NaN/Inf voxels in PCC, constant (all 500) voxels in RIPS
     path = _bold(data)
@@ -219,8 +214,10 @@ def test_nan_voxels_constant_spheres_oblique_affine_and_mask_grid(
 # ------------------------------------------------------------ hostile dataset
 
 
-def test_symlink_outside_bids_dir_is_not_followed_for_writes(demo, tmp_path: Path) -> None:
-    data = _copy(demo, tmp_path)
+def test_symlink_outside_bids_dir_is_not_followed_for_writes(
+    demo_copy: DemoInfo, tmp_path: Path
+) -> None:
+    data = demo_copy.root
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("do not touch")
@@ -365,8 +362,10 @@ def test_masker_invariants(n_vol: int, n_seeds: int, radius, seed: int) -> None:
     np.testing.assert_array_equal(permuted, out[:, order])
 
 
-def test_run_without_degrees_of_freedom_is_skipped(tmp_path: Path, capsys) -> None:
-    short = build_dataset(tmp_path / "short", n_subjects=1, n_runs=1, n_volumes=40)
+def test_run_without_degrees_of_freedom_is_skipped(
+    demo_small: DemoInfo, tmp_path: Path, capsys
+) -> None:
+    short = demo_small  # 40 volumes: 36p leaves no degrees of freedom
     out = tmp_path / "out"
     code = main(
         [

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from bids_spheres.app.demo import build_dataset
+from bids_spheres.app.demo import DemoInfo
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    return build_dataset(tmp_path_factory.mktemp("rel") / "ds", n_subjects=3)
+def demo(demo_three_subjects: DemoInfo) -> DemoInfo:
+    """3 subjects x 2 runs: the shared, read-only ``demo_three_subjects`` (tests/conftest.py)."""
+    return demo_three_subjects
 
 
 def _command(demo, out: Path, *extra: str, work: Path | None = None) -> list[str]:

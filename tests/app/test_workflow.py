@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 
 from bids_spheres.app.cli import main
-from bids_spheres.app.demo import build_dataset
+from bids_spheres.app.demo import DemoInfo, build_dataset
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("demo") / "ds"
-    return build_dataset(root)
+def demo(demo_dataset: DemoInfo) -> DemoInfo:
+    """The shared, read-only standard demo (tests/conftest.py); copy it to modify it."""
+    return demo_dataset
 
 
 @pytest.fixture(scope="module")
@@ -236,10 +236,9 @@ def test_bad_inputs_exit_codes(
 
 
 def test_one_failing_run_does_not_lose_the_others(
-    demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    demo_copy: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = tmp_path / "ds"
-    shutil.copytree(demo.root, data)
+    data = demo_copy.root
     bad = next(data.glob("sub-01/func/*run-1*desc-preproc_bold.nii.gz"))
     blob = bad.read_bytes()
     bad.write_bytes(blob[: len(blob) // 3])  # truncated gzip
