@@ -1,4 +1,4 @@
-"""Pure numpy cleaning of (n_samples, n_features) signals (scipy only interpolates).
+"""Pure cleaning of (n_samples, n_features) signals with numpy and scipy.
 
 Promise
 -------
@@ -11,13 +11,11 @@ Promise
    filter sees an evenly sampled series; with no filter, censored volumes are
    simply removed;
 2. linear detrending (signals and confounds alike);
-3. zero-phase Butterworth band filtering of signals and confounds: the order-5
-   design of ``scipy.signal.butter`` (second-order sections), run forward then
-   backward over the series extended at both ends by odd reflection of 3 x (number
-   of filter taps) samples, each pass starting in the steady state of its first
-   sample; this is what ``scipy.signal.sosfiltfilt(..., padtype="odd")`` computes,
-   and the result equals scipy's to rounding (about 1e-11 x max |signal|; the tests
-   allow 1e-9).
+3. zero-phase Butterworth band filtering of signals and confounds:
+   ``scipy.signal.butter(5, ..., output="sos", fs=1 / t_r)`` run by
+   ``scipy.signal.sosfiltfilt(..., axis=0, padtype="odd")`` with its default
+   padding of 3 x (number of filter taps) samples, given explicitly so that a
+   series too short for it is reported before scipy is called (as nilearn does).
    Cut-offs at or above Nyquist are clamped just below it with a warning;
 4. removal of the censored volumes that were interpolated;
 5. confound regression: confounds are standardized (``zscore_sample``)
@@ -30,13 +28,19 @@ Promise
    confounds and for full-rank ones this is the space nilearn's pivoted QR keeps
    (columns with ``|R_kk| > 100 * eps``). Only for columns that are collinear up
    to a rounding residual between the two thresholds (e.g. a sum of two z-scored
-   confounds over >1000 volumes) nilearn also projects out that rounding-noise
-   direction and we do not;
+   confounds over >1000 volumes, or linear combinations of band-pass filtered
+   confounds) nilearn also projects out that rounding-noise direction and we do
+   not;
 6. standardization: ``'zscore'`` (population sd), ``'zscore_sample'`` or
    ``True`` (sd with ddof=1), ``'psc'`` (percent signal change relative to
    the mean before detrending/filtering), ``False``/``None`` (none).
 
-All computation is float64. This is the order and the numerics of nilearn's
+All computation is float64. scipy is imported only by the step that needs it:
+``scipy.signal`` when filtering (~0.4 s once per process), ``scipy.interpolate``
+for censored volumes before a filter, ``scipy.linalg`` in
+:func:`high_variance_confounds`; the confound projection is numpy's SVD.
+
+This is the order and the numerics of nilearn's
 ``nilearn.signal.clean`` (>= 0.12, ``extrapolate=False``), with one deliberate
 difference: nilearn (0.12-0.14) writes the interpolated values through
 ``volumes[~sample_mask]`` where ``sample_mask`` is an integer index array,
@@ -55,11 +59,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-# clean() imports no scipy module (importing scipy.signal alone costs ~0.6 s as it pulls
-# scipy.stats): the Butterworth filter and the confound projection are numpy code.
-# scipy.interpolate (censored volumes with filtering) and scipy.linalg
-# (high_variance_confounds) are imported where used.
 
 __all__ = [
     "STANDARDIZE_CHOICES",
@@ -203,11 +202,12 @@ def butterworth(
 ) -> np.ndarray:
     """Zero-phase Butterworth filter along axis 0 (``sosfiltfilt``, odd padding).
 
-    Computes ``scipy.signal.sosfiltfilt(butter(order, ..., output="sos", fs=sampling_rate),
-    signals, axis=0, padtype="odd")`` with numpy only; the result equals scipy's to
-    rounding. Cut-offs at or above Nyquist are clamped just below it (with a warning);
-    a band whose two cut-offs clamp to the same value returns the signals unfiltered
-    (with a warning).
+    ``scipy.signal.sosfiltfilt(butter(order, ..., output="sos", fs=sampling_rate),
+    signals, axis=0, padtype="odd", padlen=3 * n_taps)`` (scipy's default padding,
+    computed here so that a too short series gets a clear error). Cut-offs at or
+    above Nyquist are clamped just below it (with a warning); a band whose two
+    cut-offs clamp to the same value returns the signals unfiltered (with a
+    warning). ``scipy.signal`` is imported on the first call.
     """
     signals = _as_2d_float(signals, "signals")
     if low_pass is None and high_pass is None:
@@ -232,8 +232,11 @@ def butterworth(
                 stacklevel=2,
             )
             return signals.copy()
-    sos = _butter_sos(order, wn, btype, sampling_rate)
-    # sosfiltfilt's default odd padding length
+    from scipy import signal as sp_signal  # ~0.4 s once per process: only when filtering
+
+    cutoffs = wn[0] if len(wn) == 1 else wn  # butter wants a scalar for low/high-pass
+    sos = sp_signal.butter(order, cutoffs, btype=btype, output="sos", fs=sampling_rate)
+    # sosfiltfilt's default odd padding length: 3 x the number of filter taps
     ntaps = 2 * sos.shape[0] + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
     padlen = 3 * ntaps
     if signals.shape[0] <= padlen:
@@ -241,7 +244,7 @@ def butterworth(
             f"the signal has {signals.shape[0]} volumes but this order-{order} Butterworth "
             f"filter needs more than {padlen}; filter longer runs or drop low_pass/high_pass"
         )
-    return _sosfiltfilt(sos, signals, padlen)
+    return sp_signal.sosfiltfilt(sos, signals, axis=0, padtype="odd", padlen=padlen)
 
 
 def high_variance_confounds(
@@ -459,184 +462,3 @@ def _project(conf: np.ndarray, signals: np.ndarray) -> np.ndarray:
     tol = max(100.0 * _EPS, sv[0] * max(conf.shape) * _EPS)
     q = u[:, sv > tol]
     return q @ (q.T @ signals)
-
-
-# --------------------------------------------------------------------------
-# Butterworth design and forward-backward filtering (scipy.signal's, in numpy)
-
-# Samples advanced per matrix product by the block recursion of _run_sections: the work
-# is O(n_samples * _BLOCK * n_features), the Python loop has n_samples / _BLOCK steps.
-_BLOCK = 32
-
-
-def _butter_sos(order: int, cutoffs: list[float], btype: str, fs: float) -> np.ndarray:
-    """``scipy.signal.butter(order, cutoffs, btype, output="sos", fs=fs)`` in numpy.
-
-    The same steps as scipy: analog Butterworth prototype, pre-warping, zero-pole-gain
-    lowpass/highpass/bandpass transform, bilinear transform (all with ``fs = 2`` after
-    normalising the cut-offs by Nyquist), then :func:`_zpk2sos`.
-    """
-    wn = 2.0 * np.asarray(cutoffs, dtype=np.float64) / fs
-    warped = 2.0 * 2.0 * np.tan(np.pi * wn / 2.0)
-    poles = -np.exp(1j * np.pi * np.arange(-order + 1, order, 2) / (2 * order))
-    if btype == "lowpass":
-        gain = float(warped[0] ** order)
-        poles = warped[0] * poles
-        n_analog_zeros = 0
-    elif btype == "highpass":
-        gain = float(np.real(1.0 / np.prod(-poles)))
-        poles = warped[0] / poles
-        n_analog_zeros = order  # at s = 0
-    else:  # bandpass
-        bandwidth = warped[1] - warped[0]
-        centre = np.sqrt(warped[0] * warped[1])
-        half = poles * bandwidth / 2
-        root = np.sqrt(half**2 - centre**2)
-        poles = np.concatenate((half + root, half - root))
-        gain = float(bandwidth**order)
-        n_analog_zeros = order  # at s = 0
-    # bilinear transform: s = 0 maps to z = 1 and the zeros at infinity to z = -1
-    gain *= float(np.real(4.0**n_analog_zeros / np.prod(4.0 - poles)))
-    poles = (4.0 + poles) / (4.0 - poles)
-    zeros = [1.0] * n_analog_zeros + [-1.0] * (poles.size - n_analog_zeros)
-    return _zpk2sos(zeros, poles, gain)
-
-
-def _zpk2sos(zeros: list[float], poles: np.ndarray, gain: float) -> np.ndarray:
-    """``scipy.signal.zpk2sos`` (digital, ``pairing='nearest'``) for real zeros.
-
-    Sections are filled from the last to the first; each takes the remaining pole
-    closest to the unit circle with its conjugate (or, if real, with the next such real
-    pole) and the two remaining zeros nearest to it. An odd number of poles gets a pole
-    and a zero at 0, so one section is first order (b2 = a2 = 0). The gain goes into
-    the first section. The pairing matters: giving every band-pass section one zero at
-    +1 and one at -1 instead gave relative errors of 1e-6 to 1 for orders 6-8 with the
-    upper cut-off near Nyquist.
-    """
-    is_real = np.abs(poles.imag) <= 100 * _EPS * np.abs(poles)
-    todo = [complex(p) for p in np.sort_complex(poles[~is_real & (poles.imag > 0)])]
-    todo += [complex(p, 0.0) for p in np.sort(poles[is_real].real)]
-    zeros = list(zeros)
-    if poles.size % 2:
-        todo.append(0j)
-        zeros.append(0.0)
-    sos = np.zeros(((poles.size + 1) // 2, 6))
-
-    def worst(candidates: list[int]) -> int:
-        return min(candidates, key=lambda i: abs(1.0 - abs(todo[i])))
-
-    for si in range(sos.shape[0] - 1, -1, -1):
-        p1 = todo.pop(worst(list(range(len(todo)))))
-        if p1.imag == 0.0:
-            p2 = todo.pop(worst([i for i, p in enumerate(todo) if p.imag == 0.0])).real
-            den = [1.0, -(p1.real + p2), p1.real * p2]
-        else:
-            den = [1.0, -2.0 * p1.real, p1.real * p1.real + p1.imag * p1.imag]
-        z1 = zeros.pop(min(range(len(zeros)), key=lambda i: abs(zeros[i] - p1)))
-        z2 = zeros.pop(min(range(len(zeros)), key=lambda i: abs(zeros[i] - p1)))
-        sos[si] = [1.0, -(z1 + z2), z1 * z2, *den]
-    sos[0, :3] *= gain
-    return sos
-
-
-def _sosfiltfilt(sos: np.ndarray, x: np.ndarray, padlen: int) -> np.ndarray:
-    """``scipy.signal.sosfiltfilt(sos, x, axis=0, padtype="odd", padlen=padlen)``.
-
-    Odd extension by ``padlen`` samples at both ends, a forward pass starting in the
-    steady state of the first extended sample (``sosfilt_zi(sos) * ext[0]``), a
-    backward pass starting in the steady state of the last forward output, then the
-    extension is cut off. ``x`` must have more than ``padlen`` rows.
-    """
-    ext = np.concatenate((2.0 * x[0] - x[padlen:0:-1], x, 2.0 * x[-1] - x[-2 : -padlen - 2 : -1]))
-    ops = _block_operators(sos, min(_BLOCK, ext.shape[0]))
-    zi = _steady_state(sos)
-    _run_sections(ext, zi, ops, reverse=False)
-    _run_sections(ext, zi, ops, reverse=True)
-    return ext[padlen:-padlen]
-
-
-def _steady_state(sos: np.ndarray) -> np.ndarray:
-    """``scipy.signal.sosfilt_zi(sos)`` flattened: section states under a constant unit input.
-
-    Transposed direct form II (scipy's): y = b0 u + s0, s0' = b1 u - a1 y + s1,
-    s1' = b2 u - a2 y; with u and y = g u constant (g = sum(b) / sum(a)) the states are
-    s0 = (g - b0) u and s1 = (b2 - a2 g) u, and each section's input is the previous
-    sections' gain.
-    """
-    zi = np.empty(2 * sos.shape[0])
-    scale = 1.0
-    for i, (b0, b1, b2, _, a1, a2) in enumerate(sos.tolist()):
-        g = (b0 + b1 + b2) / (1.0 + a1 + a2)
-        zi[2 * i] = (g - b0) * scale
-        zi[2 * i + 1] = (b2 - a2 * g) * scale
-        scale *= g
-    return zi
-
-
-def _block_operators(
-    sos: np.ndarray, block: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Matrices that advance the cascade of sections by up to ``block`` samples at once.
-
-    With the sections' states stacked in s (two per section, as scipy's ``sosfilt``)
-    the cascade reads y[t] = c s[t] + d u[t], s[t + 1] = A s[t] + b u[t]. For inputs
-    u[0:m] (m <= block) from state s: y = T[:m, :m] u + O[:m] s, where T is the lower
-    triangular Toeplitz matrix of the impulse response h = (d, c b, c A b, ...) and
-    O[t] = c A^t; after a full block the state is A^block s + C u with
-    C[:, j] = A^(block - 1 - j) b. Returns (T, O, C, A^block).
-    """
-    n_states = 2 * sos.shape[0]
-    # coefficients of each quantity on (s, u), built section by section
-    step = np.zeros((n_states, n_states + 1))
-    inp = np.zeros(n_states + 1)
-    inp[-1] = 1.0
-    for i, (b0, b1, b2, _, a1, a2) in enumerate(sos.tolist()):
-        out = b0 * inp
-        out[2 * i] += 1.0
-        step[2 * i] = b1 * inp - a1 * out
-        step[2 * i, 2 * i + 1] += 1.0
-        step[2 * i + 1] = b2 * inp - a2 * out
-        inp = out
-    a, b, c, d = step[:, :-1], step[:, -1], inp[:-1], inp[-1]
-    powers = np.eye(n_states)[np.newaxis]  # A^0 .. A^(k - 1), doubled until k >= block
-    while powers.shape[0] < block:
-        powers = np.concatenate((powers, powers @ (powers[-1] @ a)))
-    powers = powers[:block]
-    observe = powers.transpose(0, 2, 1) @ c  # row t: c A^t
-    response = powers @ b  # row t: A^t b
-    h = np.concatenate(([d], response[:-1] @ c))
-    lag = np.subtract.outer(np.arange(block), np.arange(block))
-    toeplitz = np.where(lag >= 0, h[np.maximum(lag, 0)], 0.0)
-    control = np.ascontiguousarray(response[::-1].T)
-    return toeplitz, observe, control, powers[-1] @ a
-
-
-def _run_sections(
-    x: np.ndarray,
-    zi: np.ndarray,
-    ops: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    *,
-    reverse: bool,
-) -> None:
-    """Filter ``x`` along axis 0 in place (from the end when ``reverse``), block by block.
-
-    The initial state is ``zi`` times the first sample processed. Backwards, the
-    blocks are read in reverse order and the block operators are flipped instead of
-    the data (T -> T.T, O -> O reversed, C -> C with reversed columns).
-    """
-    toeplitz, observe, control, advance = ops
-    if reverse:
-        toeplitz = np.ascontiguousarray(toeplitz.T)
-        observe = np.ascontiguousarray(observe[::-1])
-        control = np.ascontiguousarray(control[:, ::-1])
-    block = toeplitz.shape[0]
-    n = x.shape[0]
-    state = zi[:, np.newaxis] * x[-1 if reverse else 0]
-    for start in range(0, n, block):
-        m = min(block, n - start)
-        rows = slice(n - start - m, n - start) if reverse else slice(start, start + m)
-        u = x[rows]
-        y = toeplitz[:m, :m] @ u + (observe[block - m :] if reverse else observe[:m]) @ state
-        if start + m < n:
-            state = advance @ state + control @ u
-        x[rows] = y
