@@ -218,10 +218,9 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
     sigma = fwhm_arr / (np.sqrt(8 * np.log(2)) * vox_size)
     shape = geometry.shape
     # Per-axis smoothing operators: y = M x along that axis.
-    operators = []
-    for n, s in zip(shape, sigma, strict=True):
-        eye = np.eye(n)
-        operators.append(_gaussian_operator(n, s) if s > 0 else eye)
+    operators = [
+        _gaussian_operator(n, s) if s > 0 else np.eye(n) for n, s in zip(shape, sigma, strict=True)
+    ]
 
     weights = geometry.mean_weights()
     rows, cols, vals = [], [], []
@@ -276,25 +275,17 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
 # private helpers
 
 
-def _gaussian_operator(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """The (n, n) matrix of ``scipy.ndimage.gaussian_filter1d(x, sigma, mode="reflect",
-    truncate=truncate)`` along a line of n samples: ``y = M @ x``.
+def _gaussian_operator(n: int, sigma: float) -> np.ndarray:
+    """The (n, n) matrix ``M`` of ``scipy.ndimage.gaussian_filter1d(x, sigma, mode="reflect",
+    truncate=4.0)`` along a line of n samples: ``y = M @ x``.
 
-    The same kernel as scipy (radius ``int(truncate * sigma + 0.5)``, normalised
-    samples of exp(-x^2 / 2 sigma^2)) and the same half-sample-symmetric
-    extension (d c b a | a b c d | d c b a, repeated when the kernel is longer
-    than the line); built in numpy so smoothing does not import scipy.ndimage.
+    Column ``j`` is the filter applied to the unit vector ``e_j``, so filtering the
+    identity along axis 0 gives ``M`` itself (scipy.ndimage is imported here, when
+    smoothing is asked for).
     """
-    radius = int(truncate * float(sigma) + 0.5)
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 / (sigma * sigma) * offsets.astype(np.float64) ** 2)
-    kernel /= kernel.sum()
-    rows = np.broadcast_to(np.arange(n)[:, np.newaxis], (n, offsets.size))
-    cols = np.mod(rows + offsets, 2 * n)
-    cols = np.where(cols >= n, 2 * n - 1 - cols, cols)
-    operator = np.zeros((n, n))
-    np.add.at(operator, (rows, cols), np.broadcast_to(kernel, rows.shape))
-    return operator
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(np.eye(n), sigma, axis=0, mode="reflect", truncate=4.0)
 
 
 def _compute(

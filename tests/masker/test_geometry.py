@@ -99,9 +99,21 @@ def test_smoothing_weights_equal_smoothing_then_mean() -> None:
     np.testing.assert_allclose(ours, expected, rtol=1e-10)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 97])
-@pytest.mark.parametrize("sigma", [0.2, 1.2739827, 3.0, 25.0])
-def test_gaussian_operator_is_scipys_filter(n: int, sigma: float) -> None:
-    eye = np.eye(n)
-    expected = gaussian_filter1d(eye, sigma, axis=0, mode="reflect", truncate=4.0)
-    np.testing.assert_allclose(spheres._gaussian_operator(n, sigma), expected, atol=1e-15)
+@pytest.mark.parametrize("fwhm", [2.0, 6.0, 30.0])
+def test_smoothing_weights_at_the_borders_and_with_long_kernels(fwhm: float) -> None:
+    """Reflect mode where the kernel is longer than the grid (fwhm 30 mm: sigma 6
+    voxels, radius 25, on 5-9 voxel axes) and spheres touching every face."""
+    rng = np.random.default_rng(1)
+    shape = (9, 5, 7)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    vol = rng.standard_normal(shape)
+    seeds = np.array([[0.0, 0.0, 0.0], [16.0, 8.0, 12.0], [8.0, 4.0, 6.0]])
+    g = spheres.membership(seeds, np.full(3, 3.0), affine, shape)
+    w = spheres.smoothing_weights(g, fwhm)
+    sigma = fwhm / np.sqrt(8 * np.log(2)) / 2.0
+    smoothed = vol
+    for axis in range(3):
+        smoothed = gaussian_filter1d(smoothed, sigma, axis=axis, mode="reflect", truncate=4.0)
+    flat = smoothed.ravel(order="F")
+    expected = [flat[g.sphere_voxels(s)].mean() for s in range(3)]
+    np.testing.assert_allclose(w.matrix @ vol.ravel(order="F")[w.voxels], expected, rtol=1e-12)
