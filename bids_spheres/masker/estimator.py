@@ -42,11 +42,11 @@ import numpy as np
 from bids_spheres.masker import geometry as spheres
 from bids_spheres.masker import reading
 from bids_spheres.masker import signal as _signal
-from bids_spheres.masker._csr import RowMatrix
 from bids_spheres.masker.base import BaseEstimator, check_is_fitted
 
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
+    from scipy import sparse
 
 __all__ = ["NiftiSpheresMasker", "SphereSignals", "load_mask", "resample_mask"]
 
@@ -344,20 +344,14 @@ class NiftiSpheresMasker(BaseEstimator):
         mask_img = self.mask_img_
         shape = tuple(int(n) for n in mask_img.shape[:3])
         geometry = self._geometry(mask_img.affine, shape)
-        member = geometry.matrix
+        member = geometry.matrix.astype(np.float64)  # (n_seeds, n_voxels)
+        # Each voxel gets the mean of its spheres' signals: M.T @ signals sums them,
+        # the number of spheres holding the voxel divides.
         counts = np.bincount(member.indices, minlength=member.shape[1])
-        # Each voxel gets the mean of its spheres' signals: sum the signal of every
-        # (sphere, voxel) entry into its voxel, then divide by the voxel's count.
-        by_voxel = np.argsort(member.indices, kind="stable")
-        entry_voxels = member.indices[by_voxel]
-        starts = np.flatnonzero(np.r_[True, entry_voxels[1:] != entry_voxels[:-1]])
-        sums = np.add.reduceat(
-            arr2.astype(np.float64)[:, member.entry_rows()[by_voxel]], starts, axis=1
-        )
-        voxel_values = sums / counts[entry_voxels[starts]]  # (n_samples, n_voxels)
+        voxel_values = (member.T @ arr2.astype(np.float64).T) / counts[:, np.newaxis]
         out_dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float32)
         data = np.zeros((int(np.prod(shape)), arr2.shape[0]), dtype=out_dtype)
-        data[geometry.voxels] = voxel_values.T
+        data[geometry.voxels] = voxel_values
         data = data.reshape((*shape, arr2.shape[0]), order="F")
         if one_d:
             data = data[..., 0]
@@ -442,7 +436,7 @@ class NiftiSpheresMasker(BaseEstimator):
         return geometry
 
     def _extract(
-        self, source: reading.VolumeSource, voxels: np.ndarray, weights: RowMatrix
+        self, source: reading.VolumeSource, voxels: np.ndarray, weights: sparse.csr_array
     ) -> np.ndarray:
         if self.memory_ is not None and self.memory_level >= 1:
             cached = self.memory_.cache(_extract_cached, ignore=["source"])
@@ -522,7 +516,7 @@ class NiftiSpheresMasker(BaseEstimator):
 
 
 def _extract_cached(
-    key: Any, source: reading.VolumeSource, voxels: np.ndarray, weights: RowMatrix
+    key: Any, source: reading.VolumeSource, voxels: np.ndarray, weights: sparse.csr_array
 ) -> reading.ReduceResult:
     del key  # only used by joblib to identify the input
     return source.reduce(voxels, weights)

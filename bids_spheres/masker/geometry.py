@@ -25,6 +25,10 @@ the sphere our spheres are one voxel smaller than nilearn's.
 Voxel indices are flat indices in NIfTI on-disk order (Fortran order: ``i``
 varies fastest), so a reader can gather them straight from a volume's bytes.
 
+Membership and weights are ``scipy.sparse.csr_array`` matrices in canonical
+format (indices sorted within each row, no duplicates), one row per seed and
+one column per entry of ``voxels``.
+
 Geometry is vectorised (no Python loop over voxels or seeds: the bounding boxes
 of all seeds whose boxes have the same size are examined together) and memoised
 on (affine, shape, mask, seeds, radii): computing it again for the next run on
@@ -39,8 +43,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-
-from bids_spheres.masker._csr import RowMatrix
+from scipy import sparse
 
 __all__ = [
     "SphereGeometry",
@@ -70,9 +73,9 @@ class SphereGeometry:
     voxels : numpy.ndarray
         Sorted unique flat (Fortran-order) indices of every voxel used by any
         sphere, shape (n_voxels,).
-    matrix : RowMatrix
+    matrix : scipy.sparse.csr_array
         Boolean membership, shape (n_seeds, n_voxels): ``matrix[s, v]`` is
-        True when ``voxels[v]`` belongs to sphere ``s``.
+        True when ``voxels[v]`` belongs to sphere ``s`` (canonical CSR).
     sizes : numpy.ndarray
         Number of voxels per sphere (after masking), shape (n_seeds,).
     full_sizes : numpy.ndarray
@@ -87,7 +90,7 @@ class SphereGeometry:
     shape: tuple[int, int, int]
     affine: np.ndarray
     voxels: np.ndarray
-    matrix: RowMatrix
+    matrix: sparse.csr_array
     sizes: np.ndarray
     full_sizes: np.ndarray
     nearest: np.ndarray
@@ -103,19 +106,21 @@ class SphereGeometry:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.full_sizes > 0, self.sizes / self.full_sizes, 0.0)
 
-    def mean_weights(self) -> RowMatrix:
-        """Weights (n_seeds, n_voxels) whose product with voxel values gives sphere means.
+    def mean_weights(self) -> sparse.csr_array:
+        """float64 weights (n_seeds, n_voxels) whose product with voxel values gives
+        sphere means (canonical CSR, the entries of :attr:`matrix`).
 
-        Rows of empty spheres are all zero.
+        Rows of empty spheres have no entry.
         """
         scale = np.zeros(self.n_seeds)
         nonempty = self.sizes > 0
         scale[nonempty] = 1.0 / self.sizes[nonempty]
-        return self.matrix.scale_rows(scale)
+        return _scale_rows(self.matrix, scale)
 
     def sphere_voxels(self, index: int) -> np.ndarray:
         """Flat (Fortran-order) indices of the voxels of sphere ``index``."""
-        return self.voxels[self.matrix.row(index)[0]]
+        m = self.matrix
+        return self.voxels[m.indices[m.indptr[index] : m.indptr[index + 1]]]
 
 
 def membership(
@@ -183,8 +188,16 @@ def empty_spheres(geometry: SphereGeometry) -> np.ndarray:
 
 
 def check_overlap(geometry: SphereGeometry) -> list[tuple[int, int]]:
-    """Pairs ``(a, b)`` with ``a < b`` of spheres that share at least one voxel."""
-    return geometry.matrix.shared_column_pairs()
+    """Pairs ``(a, b)`` with ``a < b`` of spheres that share at least one voxel, sorted.
+
+    The off-diagonal non-zeros of ``M @ M.T`` (``M`` the membership matrix, as int32:
+    each entry counts the voxels two spheres share).
+    """
+    member = geometry.matrix.astype(np.int32)
+    shared = sparse.triu(member @ member.T, k=1, format="coo")
+    rows, cols = shared.row[shared.data > 0], shared.col[shared.data > 0]
+    order = np.lexsort((cols, rows))
+    return [(int(a), int(b)) for a, b in zip(rows[order], cols[order], strict=True)]
 
 
 def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> SphereGeometry:
@@ -225,9 +238,11 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
     weights = geometry.mean_weights()
     rows, cols, vals = [], [], []
     for seed in range(geometry.n_seeds):
-        row_cols, row_data = weights.row(seed)
-        if row_cols.size == 0:
+        lo_entry, hi_entry = weights.indptr[seed], weights.indptr[seed + 1]
+        if hi_entry == lo_entry:
             continue
+        row_cols = weights.indices[lo_entry:hi_entry]
+        row_data = weights.data[lo_entry:hi_entry]
         flat = geometry.voxels[row_cols]
         ijk = np.stack(np.unravel_index(flat, shape, order="F"), axis=1)
         lo = ijk.min(axis=0)
@@ -257,9 +272,7 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
         all_rows = all_cols = np.zeros(0, dtype=np.int64)
         all_vals = np.zeros(0)
     voxels, inverse = np.unique(all_cols, return_inverse=True)
-    matrix = RowMatrix.from_entries(
-        all_rows, inverse.reshape(-1), all_vals, (geometry.n_seeds, voxels.size)
-    )
+    matrix = _csr(all_rows, inverse.reshape(-1), all_vals, (geometry.n_seeds, voxels.size))
     return SphereGeometry(
         shape=shape,
         affine=geometry.affine,
@@ -286,6 +299,24 @@ def _gaussian_operator(n: int, sigma: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter1d
 
     return gaussian_filter1d(np.eye(n), sigma, axis=0, mode="reflect", truncate=4.0)
+
+
+def _csr(
+    rows: np.ndarray, cols: np.ndarray, data: np.ndarray, shape: tuple[int, int]
+) -> sparse.csr_array:
+    """A canonical CSR array from (row, column, value) triplets (duplicates summed)."""
+    matrix = sparse.csr_array((data, (rows, cols)), shape=shape)
+    matrix.sum_duplicates()  # sorts the indices of every row and sums repeated ones
+    return matrix
+
+
+def _scale_rows(matrix: sparse.csr_array, scale: np.ndarray) -> sparse.csr_array:
+    """A float64 copy of ``matrix`` (same structure) with row ``r`` times ``scale[r]``."""
+    entry_rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    data = matrix.data.astype(np.float64) * scale[entry_rows]
+    return sparse.csr_array(
+        (data, matrix.indices.copy(), matrix.indptr.copy()), shape=matrix.shape
+    )
 
 
 def _compute(
@@ -358,10 +389,10 @@ def _compute(
     rows = np.concatenate(row_parts) if row_parts else np.zeros(0, dtype=np.int64)
     cols = np.concatenate(flat_parts) if flat_parts else np.zeros(0, dtype=np.int64)
     voxels, inverse = np.unique(cols, return_inverse=True)
-    matrix = RowMatrix.from_entries(
+    matrix = _csr(
         rows, inverse.reshape(-1), np.ones(rows.size, dtype=bool), (n_seeds, voxels.size)
     )
-    sizes = matrix.row_sums().astype(np.int64)
+    sizes = np.diff(matrix.indptr).astype(np.int64)  # one entry per voxel of a sphere
     return SphereGeometry(
         shape=shape,
         affine=affine.copy(),

@@ -50,11 +50,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bids_spheres.masker._csr import RowMatrix
 from bids_spheres.masker._nifti import NiftiFileInfo, read_nifti1
 
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
+    from scipy import sparse
 
 try:  # pragma: no cover - isal's C gzip reader (private; used only when present)
     from isal.isal_zlib import _GzipReader as _IsalGzipReader
@@ -230,7 +230,7 @@ class VolumeSource:
     def reduce(
         self,
         voxels: np.ndarray,
-        weights: RowMatrix,
+        weights: sparse.csr_array,
         *,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
     ) -> ReduceResult:
@@ -240,9 +240,10 @@ class VolumeSource:
         ----------
         voxels : numpy.ndarray
             Flat Fortran-order indices of the voxels to read, shape (n_voxels,).
-        weights : RowMatrix
-            Shape (n_outputs, n_voxels); output ``o`` of volume ``t`` is
-            ``sum_v weights[o, v] * value[t, voxels[v]]``.
+        weights : scipy.sparse.csr_array or csr_matrix
+            Shape (n_outputs, n_voxels), in canonical format (sorted indices, no
+            duplicates, as :mod:`bids_spheres.masker.geometry` builds them); output
+            ``o`` of volume ``t`` is ``sum_v weights[o, v] * value[t, voxels[v]]``.
         block_bytes : int
             Bytes of raw data read at once (at least one volume).
 
@@ -251,19 +252,33 @@ class VolumeSource:
         ReduceResult
         """
         voxels = np.asarray(voxels, dtype=np.int64)
-        out = np.zeros((self.n_volumes, weights.shape[0]), dtype=np.float64)
+        n_out = weights.shape[0]
+        out = np.zeros((self.n_volumes, n_out), dtype=np.float64)
         if weights.nnz == 0:
             return ReduceResult(signals=out, n_nonfinite=0)
         # Gather the voxel of every weight entry straight from the raw data (a voxel
-        # shared by spheres is gathered once per sphere) and apply scl_slope/inter to
-        # the sums: sum_v w (s x + i) = s sum_v w x + i sum_v w. Only a block whose
-        # sums are not finite (a NaN or inf voxel: every gathered voxel has a non-zero
-        # weight) is redone voxel by voxel to count and zero the bad values.
+        # shared by spheres is gathered once per sphere) and sum the products of each
+        # row's entries, which are consecutive in CSR order (the arrays indptr,
+        # indices and data of the sparse matrix); apply scl_slope/inter to the sums:
+        # sum_v w (s x + i) = s sum_v w x + i sum_v w. Only a block whose sums are
+        # not finite (a NaN or inf voxel: every gathered voxel has a non-zero weight)
+        # is redone voxel by voxel to count and zero the bad values.
+        data = weights.data
         entries = voxels[weights.indices]
+        nonempty = np.diff(weights.indptr) > 0
+        starts = weights.indptr[:-1][nonempty]
+        weight_sums = np.zeros(n_out)
+        weight_sums[nonempty] = np.add.reduceat(data.astype(np.float64), starts)
         order = np.argsort(entries, kind="stable")
         first = np.zeros(entries.size, dtype=bool)  # one entry per distinct voxel
         first[order[np.concatenate(([True], entries[order][1:] != entries[order][:-1]))]] = True
-        weight_sums = weights.row_sums().astype(np.float64)
+
+        def weighted_sums(values: np.ndarray) -> np.ndarray:
+            products = np.multiply(values, data, dtype=np.float64)
+            sums = np.zeros((values.shape[0], n_out))
+            sums[:, nonempty] = np.add.reduceat(products, starts, axis=1)
+            return sums
+
         n_nonfinite = 0
         t0 = 0
         # Volumes per weighted sum: the float64 products, (volumes, entries), stay
@@ -273,7 +288,7 @@ class VolumeSource:
             for block, slope, inter in _iter_raw_blocks(img, length, entries, block_bytes):
                 for i in range(0, block.shape[0], step):
                     raw = block[i : i + step]
-                    sums = weights.apply_gathered(raw)
+                    sums = weighted_sums(raw)
                     if slope != 1.0:
                         sums *= slope
                     if inter != 0.0:
@@ -283,7 +298,7 @@ class VolumeSource:
                         bad = ~np.isfinite(values)
                         n_nonfinite += int(np.count_nonzero(bad[:, first]))
                         values[bad] = 0.0
-                        sums = weights.apply_gathered(values)
+                        sums = weighted_sums(values)
                     out[t0 : t0 + sums.shape[0]] = sums
                     t0 += sums.shape[0]
         return ReduceResult(signals=out, n_nonfinite=n_nonfinite)

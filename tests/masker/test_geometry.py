@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import sparse
 from scipy.ndimage import gaussian_filter1d
 
 from bids_spheres.masker import geometry as spheres
@@ -79,6 +80,15 @@ def test_check_overlap_pairs() -> None:
     g = spheres.membership(seeds, np.full(3, 2.0), affine, (10, 10, 10))
     assert spheres.check_overlap(g) == [(0, 1)]
     assert spheres.empty_spheres(g).size == 0
+    # every pair sharing a voxel, sorted, against a direct set intersection
+    rng = np.random.default_rng(4)
+    seeds = rng.uniform(0, 18, size=(30, 3))
+    g = spheres.membership(seeds, rng.uniform(0, 5, 30), affine, (10, 10, 10))
+    members = [set(g.sphere_voxels(s).tolist()) for s in range(30)]
+    expected = [(a, b) for a in range(30) for b in range(a + 1, 30) if members[a] & members[b]]
+    assert len(expected) > 10
+    assert spheres.check_overlap(g) == expected
+    assert all(type(a) is int and type(b) is int for a, b in spheres.check_overlap(g))
 
 
 def test_smoothing_weights_equal_smoothing_then_mean() -> None:
@@ -117,3 +127,15 @@ def test_smoothing_weights_at_the_borders_and_with_long_kernels(fwhm: float) -> 
     flat = smoothed.ravel(order="F")
     expected = [flat[g.sphere_voxels(s)].mean() for s in range(3)]
     np.testing.assert_allclose(w.matrix @ vol.ravel(order="F")[w.voxels], expected, rtol=1e-12)
+
+
+def test_matrices_are_canonical_scipy_csr() -> None:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    seeds = np.array([[4.0, 4, 4], [6, 4, 4], [16, 16, 16], [40, 40, 40]])
+    g = spheres.membership(seeds, np.full(4, 3.0), affine, (12, 12, 12))
+    for m in (g.matrix, g.mean_weights(), spheres.smoothing_weights(g, 4.0).matrix):
+        assert isinstance(m, sparse.csr_array) and m.has_canonical_format
+    assert g.matrix.dtype == bool and g.mean_weights().dtype == np.float64
+    np.testing.assert_allclose(g.mean_weights().sum(axis=1), [1.0, 1.0, 1.0, 0.0])
+    assert g.sizes.tolist() == [int(n) for n in g.matrix.sum(axis=1)]
+    assert g.sizes[3] == 0 and spheres.empty_spheres(g).tolist() == [3]
