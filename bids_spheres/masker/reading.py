@@ -5,9 +5,11 @@ Promise
 :func:`open_source` turns any Niimg-like input (a path to a .nii or .nii.gz
 file, a nibabel image, or a list of 3D images/paths) into a
 :class:`VolumeSource` that knows its grid and number of volumes without
-reading voxel data (the header of a plain single-file NIfTI-1 path is parsed
-by :mod:`bids_spheres.masker._nifti` without importing nibabel, with nibabel's exact
-result; any other file goes through ``nibabel.load``).
+reading voxel data: a path is opened with ``nibabel.load``, which reads the
+header only; the grid, the data offset, the on-disk data type (with its byte
+order) and the scaling are then those of nibabel's ``ArrayProxy``
+(``img.dataobj``: its public ``file_like``, ``offset``, ``dtype``, ``slope``,
+``inter`` and ``order``).
 :meth:`VolumeSource.reduce` then makes ONE sequential
 pass over the data and returns, per volume, weighted sums of the requested
 voxels (a sphere mean is such a sum). It never holds more than a small block
@@ -49,8 +51,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from bids_spheres.masker._nifti import NiftiFileInfo, read_nifti1
 
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
@@ -121,19 +121,6 @@ def load_img(img: Any) -> nib.spatialimages.SpatialImage:
     )
 
 
-def _load_part(img: Any) -> nib.spatialimages.SpatialImage | NiftiFileInfo:
-    """Like :func:`load_img`, but a plain single-file NIfTI-1 path is described from its
-    header alone (:mod:`bids_spheres.masker._nifti`), without importing nibabel (~70 ms)."""
-    if isinstance(img, (str, os.PathLike)) and os.path.isfile(img):
-        try:
-            info = read_nifti1(img)
-        except OSError:
-            info = None  # let nibabel open it and report the problem
-        if info is not None:
-            return info
-    return load_img(img)
-
-
 def _is_nibabel_image(obj: Any) -> bool:
     # An object can only be a nibabel image if nibabel has been imported.
     nib = sys.modules.get("nibabel")
@@ -178,7 +165,7 @@ class VolumeSource:
 
     def __init__(
         self,
-        parts: Sequence[nib.spatialimages.SpatialImage | NiftiFileInfo],
+        parts: Sequence[nib.spatialimages.SpatialImage],
         ndim: int,
         name: str,
     ):
@@ -195,7 +182,7 @@ class VolumeSource:
     def data_dtype(self) -> np.dtype:
         """The data type of the voxel values after scaling (as nibabel reports it)."""
         img = self._parts[0]
-        dtype = img.dtype if isinstance(img, NiftiFileInfo) else np.dtype(img.get_data_dtype())
+        dtype = np.dtype(img.get_data_dtype())
         slope, inter = _scaling(img)
         if (slope, inter) != (1.0, 0.0):
             return np.result_type(dtype, np.float32)
@@ -206,7 +193,7 @@ class VolumeSource:
         """Paths of the files behind the source (empty for in-memory images)."""
         names = []
         for img in self._parts:
-            fname = img.path if isinstance(img, NiftiFileInfo) else img.get_filename()
+            fname = img.get_filename()
             if fname:
                 names.append(str(fname))
         return names
@@ -220,7 +207,7 @@ class VolumeSource:
         key: list[Any] = []
         for img in self._parts:
             if _streamable(img):
-                path = img.path if isinstance(img, NiftiFileInfo) else img.dataobj.file_like
+                path = img.dataobj.file_like
                 stat = os.stat(path)
                 key.append((os.fspath(path), stat.st_size, stat.st_mtime_ns))
             else:
@@ -338,7 +325,7 @@ def open_source(imgs: Any) -> VolumeSource:
     if isinstance(imgs, (list, tuple)):
         if len(imgs) == 0:
             raise ValueError("an empty list of images was given; expected 3D images")
-        parts = [_load_part(i) for i in imgs]
+        parts = [load_img(i) for i in imgs]
         for p, orig in zip(parts, imgs, strict=True):
             _check_ndim(p, orig)
         first = parts[0]
@@ -352,7 +339,7 @@ def open_source(imgs: Any) -> VolumeSource:
                     "all images of a list must share shape and affine"
                 )
         return VolumeSource(parts, ndim=4, name=_describe(imgs[0]) + f" (+{len(imgs) - 1} more)")
-    img = _load_part(imgs)
+    img = load_img(imgs)
     ndim = _check_ndim(img, imgs)
     return VolumeSource([img], ndim=3 if ndim == 3 else 4, name=_describe(imgs))
 
@@ -370,7 +357,7 @@ def _describe(obj: Any) -> str:
     return repr(obj)
 
 
-def _effective_shape(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> tuple[int, ...]:
+def _effective_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, ...]:
     shape = tuple(int(n) for n in img.shape)
     # Drop trailing singleton dimensions beyond the fourth (e.g. x, y, z, t, 1).
     while len(shape) > 4 and shape[-1] == 1:
@@ -378,7 +365,7 @@ def _effective_shape(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> tup
     return shape
 
 
-def _check_ndim(img: nib.spatialimages.SpatialImage | NiftiFileInfo, orig: Any) -> int:
+def _check_ndim(img: nib.spatialimages.SpatialImage, orig: Any) -> int:
     shape = _effective_shape(img)
     if len(shape) > 4:
         raise ValueError(
@@ -393,13 +380,13 @@ def _check_ndim(img: nib.spatialimages.SpatialImage | NiftiFileInfo, orig: Any) 
     return len(shape)
 
 
-def _n_volumes(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> int:
+def _n_volumes(img: nib.spatialimages.SpatialImage) -> int:
     shape = _effective_shape(img)
     return shape[3] if len(shape) == 4 else 1
 
 
-def _scaling(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> tuple[float, float]:
-    proxy = img if isinstance(img, NiftiFileInfo) else img.dataobj
+def _scaling(img: nib.spatialimages.SpatialImage) -> tuple[float, float]:
+    proxy = img.dataobj
     slope = getattr(proxy, "slope", 1.0)
     inter = getattr(proxy, "inter", 0.0)
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
@@ -407,9 +394,9 @@ def _scaling(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> tuple[float
     return slope, inter
 
 
-def _streamable(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> bool:
-    if isinstance(img, NiftiFileInfo):
-        return True
+def _streamable(img: nib.spatialimages.SpatialImage) -> bool:
+    """Whether the image's data is read from its file by us: a nibabel proxy over a
+    named file, in Fortran order, with a data offset (NIfTI-1/2, Analyze...)."""
     import nibabel as nib
 
     proxy = img.dataobj
@@ -422,7 +409,7 @@ def _streamable(img: nib.spatialimages.SpatialImage | NiftiFileInfo) -> bool:
 
 
 def _iter_image_blocks(
-    img: nib.spatialimages.SpatialImage | NiftiFileInfo,
+    img: nib.spatialimages.SpatialImage,
     n_vol: int,
     voxels: np.ndarray | None,
     block_bytes: int,
@@ -433,7 +420,7 @@ def _iter_image_blocks(
 
 
 def _iter_raw_blocks(
-    img: nib.spatialimages.SpatialImage | NiftiFileInfo,
+    img: nib.spatialimages.SpatialImage,
     n_vol: int,
     voxels: np.ndarray | None,
     block_bytes: int,
@@ -620,13 +607,13 @@ def _skip(fh: Any, n: int, path: str) -> None:
 
 
 def _iter_file_blocks(
-    img: nib.spatialimages.SpatialImage | NiftiFileInfo,
+    img: nib.spatialimages.SpatialImage,
     n_vol: int,
     voxels: np.ndarray | None,
     block_bytes: int,
 ) -> Iterator[np.ndarray]:
-    proxy = img if isinstance(img, NiftiFileInfo) else img.dataobj
-    path = os.fspath(proxy.path if isinstance(img, NiftiFileInfo) else proxy.file_like)
+    proxy = img.dataobj
+    path = os.fspath(proxy.file_like)
     dtype = np.dtype(proxy.dtype)
     shape3 = tuple(int(n) for n in img.shape[:3])
     vol_items = int(np.prod(shape3))

@@ -1,13 +1,16 @@
-"""Streaming reader: both gzip inflaters give nibabel's voxel values, and fail cleanly."""
+"""Streaming reader: headers from nibabel, both gzip inflaters give nibabel's voxel
+values, and damaged or bad files fail with a message naming them."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import struct
 import threading
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -151,29 +154,97 @@ def test_truncated_uncompressed_file_is_reported_even_for_runs(tmp_path: Path) -
         list(source.iter_voxel_blocks(np.array([0, 1])))
 
 
-def test_plain_nifti_path_is_read_without_nibabel_and_matches_it(tmp_path: Path) -> None:
-    path, _ = _image(tmp_path)
-    source = reading.open_source(str(path))
-    assert isinstance(source._parts[0], reading.NiftiFileInfo)
-    via_nibabel = reading.open_source(nib.load(path))
-    assert source.shape == via_nibabel.shape and source.n_volumes == via_nibabel.n_volumes
-    assert np.array_equal(source.affine, via_nibabel.affine)
-    assert source.filenames == [str(path)] and source.data_dtype == np.float32
-    voxels = np.array([0, 17, 400])
-    assert np.array_equal(
-        np.vstack(list(source.iter_voxel_blocks(voxels))),
-        np.vstack(list(via_nibabel.iter_voxel_blocks(voxels))),
-    )
+def test_a_path_is_described_by_nibabels_header(tmp_path: Path) -> None:
+    """Grid, data type and scaling of a path are nibabel's (``nib.load`` and its proxy)."""
+    data = np.arange(6 * 5 * 4 * 3, dtype=np.int16).reshape(6, 5, 4, 3)
+    img = nib.Nifti1Image(data, np.diag([3.0, 2.0, 2.5, 1.0]))
+    img.header.set_slope_inter(0.5, 10.0)
+    for suffix in (".nii", ".nii.gz"):
+        path = tmp_path / f"bold{suffix}"
+        nib.save(img, path)
+        loaded = nib.load(path)
+        source = reading.open_source(str(path))
+        assert isinstance(source._parts[0], nib.Nifti1Image)
+        assert source.shape == loaded.shape[:3] and source.n_volumes == 3
+        assert np.array_equal(source.affine, loaded.affine)
+        assert source.filenames == [str(path)]
+        assert source.data_dtype == np.float32  # int16 scaled, as nibabel reports it
+        flat = loaded.get_fdata().reshape(-1, 3, order="F").T
+        assert np.array_equal(np.vstack(list(source.iter_volumes())), flat)
 
 
-def test_header_the_fast_reader_declines_goes_through_nibabel(tmp_path: Path) -> None:
+def test_nifti2_and_big_endian_files_are_streamed(tmp_path: Path) -> None:
     data = np.arange(4 * 5 * 6 * 3, dtype=np.int16).reshape(4, 5, 6, 3)
+    flat = data.reshape(-1, 3, order="F").T.astype(np.float64)
     path = tmp_path / "bold.nii.gz"
     nib.save(nib.Nifti2Image(data, np.diag([3.0, 3.0, 3.0, 1.0])), path)
+    big = tmp_path / "big.nii"
+    nib.save(nib.Nifti1Image(data.astype(">i2"), np.eye(4), nib.Nifti1Header(endianness=">")), big)
+    for p in (path, big):
+        source = reading.open_source(str(p))
+        assert reading._streamable(source._parts[0])  # read by us, not by nibabel
+        assert np.array_equal(np.vstack(list(source.iter_volumes())), flat)
+
+
+def _patch(raw: bytes, **fields: Any) -> bytes:
+    """Overwrite little-endian NIfTI-1 header fields of a serialised image."""
+    offsets = {
+        "vox_offset": (108, "f"),
+        "datatype": (70, "h"),
+        "scl_slope": (112, "f"),
+        "scl_inter": (116, "f"),
+    }
+    buf = bytearray(raw)
+    for name, value in fields.items():
+        if name == "magic":
+            buf[344:348] = value
+        else:
+            offset, fmt = offsets[name]
+            struct.pack_into("<" + fmt, buf, offset, value)
+    return bytes(buf)
+
+
+_GOOD = nib.Nifti1Image(np.zeros((3, 4, 5, 2), dtype=np.float32), np.eye(4)).to_bytes()
+BAD_FILES = {
+    "bad_magic": _patch(_GOOD, magic=b"xyz\x00"),
+    "vox_offset_100": _patch(_GOOD, vox_offset=100.0),
+    "datatype_9999": _patch(_GOOD, datatype=9999),
+    "nan_intercept": _patch(_GOOD, scl_slope=2.0, scl_inter=float("nan")),
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_headers_raise_a_value_error_naming_the_file(
+    tmp_path: Path, name: str, suffix: str
+) -> None:
+    path = tmp_path / f"{name}{suffix}"
+    blob = BAD_FILES[name]
+    path.write_bytes(gzip.compress(blob) if suffix == ".nii.gz" and blob else blob)
+    with pytest.raises(ValueError, match=rf"cannot read .*{path.name} as a NIfTI image"):
+        reading.open_source(str(path))
+
+
+def test_mislabelled_compression_raises_a_value_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "gz_named.nii").write_bytes(gzip.compress(_GOOD))
+    (tmp_path / "plain_named.nii.gz").write_bytes(_GOOD)
+    for name in ("gz_named.nii", "plain_named.nii.gz"):
+        with pytest.raises(ValueError, match=rf"{name} as a NIfTI image"):
+            reading.open_source(str(tmp_path / name))
+
+
+def test_only_the_header_is_read_when_opening(tmp_path: Path) -> None:
+    """A .nii.gz truncated well after its header opens (lazily, like nibabel); reading
+    its data then reports the truncation, naming the file."""
+    data = np.random.default_rng(1).standard_normal((32, 32, 32, 8)).astype(np.float32)
+    full = gzip.compress(nib.Nifti1Image(data, np.eye(4)).to_bytes(), compresslevel=1)
+    path = tmp_path / "truncated.nii.gz"
+    path.write_bytes(full[: len(full) // 10])
     source = reading.open_source(str(path))
-    assert not isinstance(source._parts[0], reading.NiftiFileInfo)
-    flat = data.reshape(-1, 3, order="F").T.astype(np.float64)
-    assert np.array_equal(np.vstack(list(source.iter_volumes())), flat)
+    assert source.shape == (32, 32, 32) and source.n_volumes == 8
+    with pytest.raises(ValueError, match=r"truncated\.nii\.gz.*(truncated|corrupt)"):
+        list(source.iter_volumes())
 
 
 def test_zlib_reader_holds_at_most_one_bounded_piece_of_a_1000_to_1_stream(tmp_path: Path) -> None:
