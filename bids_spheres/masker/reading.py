@@ -18,13 +18,16 @@ voxels of that block (one per weight, so overlapping spheres and smoothing count
 several times), taken ``block_bytes`` of float64 at a time (at least one volume):
 
 * files are read straight from disk in on-disk order with ``readinto`` into a
-  reused buffer; gzip files are inflated as a stream with ``isal`` (Intel
-  ISA-L, about twice as fast as the standard library) when installed, else
-  with the standard library's zlib; on two or more cores a second thread
-  inflates the next block while the caller extracts from this one (inflating
-  releases the GIL; ``BIDS_SPHERES_READ_AHEAD=0`` switches it off); from an
-  uncompressed file only the runs of each volume that hold the requested
-  voxels are read (``preadv``, in on-disk order, so still one forward pass);
+  reused buffer; gzip files are inflated as a stream, always to the end of the
+  stream so that every member's CRC-32 and length are checked, with isal's
+  public ``isal.igzip_threaded.open(path, "rb", threads=1)`` (Intel ISA-L,
+  about twice as fast as the standard library, inflating in a thread of its
+  own while the caller extracts), else (isal not installed, although it is a
+  declared dependency, or ``BIDS_SPHERES_INFLATER=stdlib``) with the standard
+  library's ``zlib``, then on two or more cores in a second thread of ours
+  (``BIDS_SPHERES_READ_AHEAD=0`` switches it off); from an uncompressed file
+  only the runs of each volume that hold the requested voxels are read
+  (``preadv``, in on-disk order, so still one forward pass);
 * the on-disk data type and byte order, ``scl_slope`` and ``scl_inter`` are
   honoured as nibabel applies them (in :meth:`VolumeSource.reduce` the scaling
   is applied to the weighted sums, which is the same up to rounding), and
@@ -56,10 +59,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
     from scipy import sparse
 
-try:  # pragma: no cover - isal's C gzip reader (private; used only when present)
-    from isal.isal_zlib import _GzipReader as _IsalGzipReader
+try:  # isal (Intel ISA-L) is a declared dependency; the standard library is the fallback
+    from isal import igzip_threaded
 except ImportError:  # pragma: no cover
-    _IsalGzipReader = None
+    igzip_threaded = None
 
 __all__ = [
     "ReduceResult",
@@ -69,7 +72,6 @@ __all__ = [
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_ISAL_BUFFER_SIZE = 512 * 1024  # isal.igzip.READ_BUFFER_SIZE (importing igzip costs ~3 ms)
 DEFAULT_BLOCK_BYTES = 8 * 1024 * 1024
 # Uncompressed files: voxels closer than this are read in one run, and volumes are
 # read whole when the runs would cover more than this fraction of them.
@@ -84,7 +86,7 @@ def _isal_enabled() -> bool:
     standard library's zlib instead (the benchmarks do).
     """
     return (
-        _IsalGzipReader is not None and os.environ.get("BIDS_SPHERES_INFLATER", "isal") != "stdlib"
+        igzip_threaded is not None and os.environ.get("BIDS_SPHERES_INFLATER", "isal") != "stdlib"
     )
 
 
@@ -467,41 +469,7 @@ def _iter_memory_blocks(
         yield np.ascontiguousarray(np.asarray(gathered, dtype=np.float64).T)
 
 
-class _Inflater:
-    """A forward-only decompressing reader over a file it owns (``readinto`` only)."""
-
-    _fp: io.FileIO
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        raise io.UnsupportedOperation("seek")
-
-    def close(self) -> None:
-        self._fp.close()
-
-    def __enter__(self) -> _Inflater:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _InflatingReader(_Inflater):
-    """isal's C gzip reader over an open file: ``readinto`` inflates straight into the
-    caller's buffer (``isal.igzip.open(...).readinto`` goes through ``read`` and copies)."""
-
-    def __init__(self, path: str):
-        self._fp = open(path, "rb", buffering=0)
-        try:
-            self._reader = _IsalGzipReader(self._fp, _ISAL_BUFFER_SIZE)
-        except BaseException:
-            self._fp.close()
-            raise
-
-    def readinto(self, view: memoryview) -> int:
-        return self._reader.readinto(view)
-
-
-class _ZlibReader(_Inflater):
+class _ZlibReader:
     """The standard library's zlib over an open gzip file, inflating in ``readinto``.
 
     ``zlib.decompressobj(31)`` checks the gzip header, the CRC-32 and the
@@ -523,6 +491,18 @@ class _ZlibReader(_Inflater):
         self._inflater = zlib.decompressobj(31)
         self._input = b""
         self._pending = memoryview(b"")
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        raise io.UnsupportedOperation("seek")
+
+    def close(self) -> None:
+        self._fp.close()
+
+    def __enter__(self) -> _ZlibReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def readinto(self, view: memoryview) -> int:
         want = len(view)
@@ -571,11 +551,20 @@ class _ZlibReader(_Inflater):
 
 
 def _open_raw(path: str) -> Any:
+    """A forward reader with ``readinto`` over the file's (inflated) bytes.
+
+    Plain files: an unbuffered ``io.FileIO``. Gzip files: isal's public
+    ``igzip_threaded.open(path, "rb", threads=1)`` (an ``io.BufferedReader`` whose
+    raw stream is inflated by isal in a thread of its own), or, without isal or
+    with ``BIDS_SPHERES_INFLATER=stdlib``, :class:`_ZlibReader`.
+    """
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    if magic == _GZIP_MAGIC:
-        return _InflatingReader(path) if _isal_enabled() else _ZlibReader(path)
-    return open(path, "rb", buffering=0)
+    if magic != _GZIP_MAGIC:
+        return open(path, "rb", buffering=0)
+    if not _isal_enabled():
+        return _ZlibReader(path)
+    return igzip_threaded.open(path, "rb", threads=1)
 
 
 def _read_exact(fh: Any, view: memoryview, path: str) -> None:
@@ -764,12 +753,14 @@ def _will_need(fd: int, offset: int, length: int) -> bool:
 def _read_ahead(fh: Any, n_vol: int, per_block: int) -> bool:
     """Whether to inflate the next block in a second thread while this one is used.
 
-    Inflating (isal or zlib) releases the GIL, so on two or more cores the
-    extraction of block k overlaps the inflation of block k + 1. Not for plain
-    files (a read from the page cache is a memory copy) nor for single blocks.
-    Set ``BIDS_SPHERES_READ_AHEAD=0`` to switch it off.
+    For the standard library's inflater (:class:`_ZlibReader`): zlib releases the
+    GIL, so on two or more cores the extraction of block k overlaps the inflation
+    of block k + 1. Not for isal's reader (``igzip_threaded`` already inflates in
+    a thread of its own, an ``io.BufferedReader``), plain files (a read from the
+    page cache is a memory copy) nor single blocks. Set
+    ``BIDS_SPHERES_READ_AHEAD=0`` to switch it off.
     """
-    if isinstance(fh, io.FileIO) or n_vol <= max(1, per_block):
+    if isinstance(fh, (io.FileIO, io.BufferedReader)) or n_vol <= max(1, per_block):
         return False
     if os.environ.get("BIDS_SPHERES_READ_AHEAD", "1") == "0":
         return False
@@ -816,6 +807,7 @@ def _read_volumes_ahead(
                 _read_exact(fh, view, path)
                 full.put((view, n))
                 done += n
+            _read_to_end(fh)
             full.put(None)
         except BaseException as exc:  # handed to the caller
             full.put(exc)
@@ -857,3 +849,18 @@ def _read_volumes(
         _read_exact(fh, view, path)
         done += n
         yield view, n
+    _read_to_end(fh)
+
+
+def _read_to_end(fh: Any) -> None:
+    """Read (and drop) what follows the data, up to the end of a compressed stream.
+
+    A gzip reader checks each member's CRC-32 and length only when it reaches the
+    member's end, so a damaged file is reported only if it is read to the end.
+    Nothing is read from an uncompressed file.
+    """
+    if isinstance(fh, io.FileIO):
+        return
+    scratch = memoryview(bytearray(64 * 1024))
+    while fh.readinto(scratch):
+        pass
