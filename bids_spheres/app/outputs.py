@@ -42,7 +42,9 @@ Promise
   written as ``null``, numpy scalars and arrays as plain JSON. TSV: header row
   of column names, tab separated, no quoting, ``n/a`` for missing values,
   floats with 9 significant digits (``%.9g``: every float32 reads back
-  exactly).
+  exactly). :func:`write_tsv` renders with pandas' ``to_csv``; the float
+  tables of :func:`write_run` are formatted without pandas (four times
+  faster), to exactly the bytes ``to_csv`` gives (the tests compare them).
 
 This module writes; it computes nothing.
 """
@@ -54,6 +56,7 @@ import csv
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
@@ -609,9 +612,10 @@ def write_run(
         raise ValueError(f"relmat of shape {np.shape(relmat)} is not {len(names)} x {len(names)}")
 
     _remove(paths.timeseries_json)
-    write_tsv(paths.timeseries_tsv, pd.DataFrame(data, columns=names))
+    atomic_write_text(paths.timeseries_tsv, _render_matrix_tsv(paths.timeseries_tsv, names, data))
     if relmat is not None:
-        write_tsv(paths.relmat_tsv, pd.DataFrame(np.asarray(relmat), columns=names))
+        relmat_text = _render_matrix_tsv(paths.relmat_tsv, names, np.asarray(relmat))
+        atomic_write_text(paths.relmat_tsv, relmat_text)
         write_json(paths.relmat_json, relmat_sidecar)
     else:
         _remove(paths.relmat_tsv)
@@ -939,19 +943,60 @@ def _render_json(obj: Any) -> str:
     )
 
 
-def _render_tsv(path: Path, table: pd.DataFrame) -> str:
-    names = [str(name) for name in table.columns]
+# The csv writer pandas' to_csv makes for _render_tsv's arguments (with QUOTE_NONE and no
+# escapechar it passes quotechar=None); _render_matrix_tsv writes its header with the same.
+_TSV_DIALECT: dict[str, Any] = {
+    "delimiter": "\t",
+    "lineterminator": "\n",
+    "quoting": csv.QUOTE_NONE,
+    "quotechar": None,
+    "doublequote": True,
+    "escapechar": None,
+}
+
+
+def _check_column_names(path: Path, names: list[str]) -> None:
     for name in names:
         if any(char in name for char in "\t\n\r"):
             raise DataError(
                 f"cannot write {path}: column name {name!r} contains a tab or newline; rename it"
             )
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
+    if len(set(names)) < len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
         raise DataError(
             f"cannot write {path}: column names {repeated} repeat; give every column "
             "(seed) a unique name"
         )
+
+
+def _render_matrix_tsv(path: Path, names: list[str], values: np.ndarray) -> str:
+    """The TSV :func:`_render_tsv` writes for ``DataFrame(values, columns=names)``, without pandas.
+
+    For a 2D float array (float16/32/64), byte for byte what pandas' ``to_csv``
+    writes with ``float_format="%.9g"`` and ``na_rep="n/a"`` (checked by the
+    tests on random tables): pandas formats each non-missing value as
+    ``"%.9g" % value`` (``-0``, ``inf``, ``1e+20``, ``123456789``) and writes
+    ``na_rep`` for NaN of either sign, which ``"%.9g"`` prints as ``nan`` (a
+    token no other ``%g`` output contains). The header goes through the
+    :mod:`csv` writer pandas uses, with the same dialect. Other dtypes go
+    through pandas (:func:`_render_tsv`).
+    """
+    if values.dtype.kind != "f" or values.dtype.itemsize > 8 or values.ndim != 2:
+        return _render_tsv(path, pd.DataFrame(values, columns=names))
+    _check_column_names(path, names)
+    header = io.StringIO()
+    csv.writer(header, **_TSV_DIALECT).writerow(names)
+    n_rows, n_columns = values.shape
+    if n_columns == 0:
+        return header.getvalue() + "\n" * n_rows
+    row = "\t".join(["%.9g"] * n_columns) + "\n"
+    body = (row * n_rows) % tuple(values.ravel().tolist())
+    return header.getvalue() + body.replace("nan", "n/a")
+
+
+def _render_tsv(path: Path, table: pd.DataFrame) -> str:
+    names = [str(name) for name in table.columns]
+    _check_column_names(path, names)
     for column in table.columns:
         series = table[column]
         if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):

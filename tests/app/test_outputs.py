@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import multiprocessing
@@ -15,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from bids_spheres.app import outputs
 from bids_spheres.app.outputs import (
@@ -488,6 +492,103 @@ def test_tsv_refuses_what_bids_tsv_cannot_hold(tmp_path: Path, table: pd.DataFra
     with pytest.raises(DataError, match=re.escape(str(tmp_path / "t.tsv"))):
         write_tsv(tmp_path / "t.tsv", table)
     assert list(tmp_path.iterdir()) == []
+
+
+# The call write_tsv makes: the reference for the tables write_run formats without pandas.
+def _pandas_tsv(values: np.ndarray, names: list[str]) -> str:
+    return pd.DataFrame(values, columns=names).to_csv(
+        sep="\t",
+        na_rep="n/a",
+        float_format="%.9g",
+        index=False,
+        lineterminator="\n",
+        quoting=csv.QUOTE_NONE,
+    )
+
+
+_SPECIAL = np.array(
+    [
+        np.nan, -np.nan, 0.0, -0.0, np.inf, -np.inf, 1.0, -1.0, 3.0, 0.1, 1e-300, -1e-300,
+        1e20, -1e20, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 123456789.0,
+        1234567890.0, 999999999.5, 1e16, 2.0**53, 1e-5, 0.0001, 123456.789e-12,
+        np.float32(0.1), np.float32(1e-30),
+    ]
+)  # fmt: skip
+
+
+def _random_table(seed: int, shape: tuple[int, int], dtype: type) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    magnitude = 10.0 ** rng.uniform(-320, 308, size=shape)
+    values = rng.standard_normal(shape) * np.where(rng.random(shape) < 0.5, magnitude, 1.0)
+    special = rng.random(shape) < 0.2
+    values[special] = rng.choice(_SPECIAL, size=int(special.sum()))
+    whole = rng.random(shape) < 0.1  # integer-valued floats, some beyond 9 digits
+    values[whole] = rng.integers(-(10**12), 10**12, size=int(whole.sum()))
+    if shape[1]:
+        values[:, rng.integers(shape[1])] = np.nan  # a seed outside the brain
+    with np.errstate(over="ignore"):
+        return values.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("seed", range(6))
+def test_matrix_tsv_is_byte_identical_to_pandas(tmp_path: Path, dtype: type, seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    shape = (int(rng.integers(1, 60)), int(rng.integers(1, 12)))
+    values = _random_table(seed, shape, dtype)
+    names = ["PCC", "nan", 'say "hi"', " sp ace ", "ü-1", "n/a", *map(str, range(20))]
+    names = names[: shape[1]]
+    text = outputs._render_matrix_tsv(tmp_path / "t.tsv", names, values)
+    assert text == _pandas_tsv(values, names)
+    # Fortran-ordered input is read row by row too
+    assert outputs._render_matrix_tsv(tmp_path / "t.tsv", names, values.T.copy().T) == text
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0), (0, 0), (1, 1)])
+def test_matrix_tsv_edge_shapes_match_pandas(tmp_path: Path, shape: tuple[int, int]) -> None:
+    values = np.full(shape, -0.0)
+    names = [f"s{i}" for i in range(shape[1])]
+    assert outputs._render_matrix_tsv(tmp_path / "t.tsv", names, values) == _pandas_tsv(
+        values, names
+    )
+
+
+def test_matrix_tsv_of_other_dtypes_goes_through_pandas(tmp_path: Path) -> None:
+    ints = np.array([[1, 1234567890], [-3, 0]])
+    assert (
+        outputs._render_matrix_tsv(tmp_path / "t.tsv", ["a", "b"], ints)
+        == "a\tb\n1\t1234567890\n-3\t0\n"
+    )
+    assert outputs._render_matrix_tsv(tmp_path / "t.tsv", ["a", "b"], ints) == _pandas_tsv(
+        ints, ["a", "b"]
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=hnp.arrays(
+        st.sampled_from([np.float64, np.float32]),
+        hnp.array_shapes(min_dims=2, max_dims=2, max_side=6),
+        elements={"allow_nan": True, "allow_infinity": True, "allow_subnormal": True},
+    )
+)
+def test_matrix_tsv_matches_pandas_on_any_floats(values: np.ndarray) -> None:
+    names = [f"c{i}" for i in range(values.shape[1])]
+    assert outputs._render_matrix_tsv(Path("t.tsv"), names, values) == _pandas_tsv(values, names)
+
+
+def test_write_run_tables_are_byte_identical_to_write_tsv(tmp_path: Path) -> None:
+    paths = run_paths(tmp_path / "run", BOLD, atlas="DMN", desc="simple")
+    names = [f"seed{i}" for i in range(7)]
+    ts = _random_table(7, (50, 7), np.float64)
+    relmat = _random_table(8, (7, 7), np.float64)
+    write_run(paths, ts, names, {"ParametersHash": "h"}, relmat=relmat, relmat_sidecar={})
+    ref_ts = write_tsv(tmp_path / "ts.tsv", pd.DataFrame(ts, columns=names))
+    ref_rel = write_tsv(tmp_path / "rel.tsv", pd.DataFrame(relmat, columns=names))
+    assert paths.timeseries_tsv.read_bytes() == ref_ts.read_bytes()
+    assert paths.relmat_tsv.read_bytes() == ref_rel.read_bytes()
+    with pytest.raises(DataError, match="tab or newline"):
+        write_run(paths, ts[:, :2], ["a\tb", "c"], {"ParametersHash": "h"})
 
 
 # ----------------------------------------------------------------- one run
