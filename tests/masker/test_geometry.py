@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import sparse
 from scipy.ndimage import gaussian_filter1d
@@ -43,6 +43,11 @@ def test_membership_equals_brute_force(
     affine[0, 1] = shear
     affine[:3, 3] = offset
     seeds = np.array([affine[:3, :3] @ (np.asarray(f) * shape) + affine[:3, 3] for f in fractions])
+    # A seed half-way between two voxels (e.g. fraction 0.5 of an odd axis) has two
+    # nearest voxels; which one rounding picks depends on the last bit of the inverse
+    # affine, computed differently here and in membership(): not a property to test.
+    voxel_coords = np.linalg.solve(affine[:3, :3], (seeds - affine[:3, 3]).T)
+    assume(np.all(np.abs(np.abs(voxel_coords % 1.0) - 0.5) > 1e-9))
     mask = None
     if use_mask:
         mask = np.zeros(shape, dtype=bool)
