@@ -32,6 +32,10 @@ What this module promises
   of the same run, space and resolution, and the repetition time in seconds.
 * Every failure a user can cause raises an error of :mod:`bids_spheres.errors`
   whose one-line message names what was searched and the fix.
+* pybids (and SQLAlchemy) is imported by the functions that build or query an
+  index, never at import time: the coordinating process and the workers import
+  this module (for :class:`RunInputs`) without paying its ~0.3 s and ~25 MB;
+  only the indexing child does (``tests/app/test_imports.py``).
 """
 
 from __future__ import annotations
@@ -48,11 +52,9 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import bids
 import nibabel as nib
-from bids.layout import BIDSLayout, BIDSLayoutIndexer, Query, Tag
 
 from bids_spheres.app.filters import (  # the filter-file names are re-exported here
     LAYOUT_CONFIG,
@@ -68,6 +70,9 @@ from bids_spheres.errors import (
     UsageError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    from bids.layout import BIDSLayout, BIDSLayoutIndexer
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -350,6 +355,8 @@ def make_layout(
                 f"pybids database folder {db_dir} is inside the input dataset {guard}; inputs "
                 "may be read-only, so give a --work-dir outside it"
             )
+    import bids
+
     key = _digest(str(root), str(INDEX_VERSION), bids.__version__)
     name = f"pybids-{key}-{_fingerprint(root)}"
     final = db_dir / name
@@ -401,6 +408,8 @@ def list_subjects(layout: BIDSLayout) -> list[str]:
     -------
     list of str
     """
+    from bids.layout import Tag
+
     # One query on the tag table; ``layout.get_subjects()`` loads every file's entities.
     rows = (
         layout.session.query(Tag._value)
@@ -659,6 +668,8 @@ def _publish(tmp: Path, final: Path, *, replace: bool) -> None:
 
 
 def _indexer() -> BIDSLayoutIndexer:
+    from bids.layout import BIDSLayoutIndexer
+
     # Sidecar metadata is resolved on demand for the selected runs (see _bold_metadata):
     # pybids' metadata pass loads every file's tags one query at a time and took two
     # thirds of the indexing time of a 500-subject dataset.
@@ -666,6 +677,8 @@ def _indexer() -> BIDSLayoutIndexer:
 
 
 def _index(root: Path, database_path: Path | None) -> BIDSLayout:
+    from bids.layout import BIDSLayout
+
     return BIDSLayout(
         root,
         validate=False,
@@ -677,6 +690,8 @@ def _index(root: Path, database_path: Path | None) -> BIDSLayout:
 
 
 def _to_query(value: object) -> object:
+    from bids.layout import Query
+
     if value is None:
         return Query.NONE
     if value == "*":
@@ -816,6 +831,8 @@ def _explain_empty(
 
 
 def _describe_filters(filters: dict[str, Any]) -> str:
+    from bids.layout import Query
+
     def show(v: object) -> str:
         if v is Query.NONE:
             return "null"
@@ -834,6 +851,8 @@ def _file_entities(layout: BIDSLayout, paths: Sequence[str]) -> dict[str, dict[s
     ``BIDSFile.get_entities()`` issues one query per file, and re-parsing the
     names with pybids costs about a millisecond per file.
     """
+    from bids.layout import Tag
+
     result: dict[str, dict[str, str]] = {p: {} for p in paths}
     unique = list(result)
     for start in range(0, len(unique), 500):
@@ -854,6 +873,8 @@ def _bold_metadata(
     folder within the dataset and its entities are a subset of the file's (the
     rule pybids applies); sidecars nearer the file, then with more entities, win.
     """
+    from bids.layout import Query
+
     query: dict[str, Any] = {"suffix": "bold", "extension": ".json"}
     if "subject" in options:
         query["subject"] = [*options["subject"], Query.NONE]

@@ -44,7 +44,7 @@ def participant(config: RunConfig) -> int:
     raw_root, fmriprep_root = discovery.find_fmriprep_dir(config.bids_dir, config.derivatives)
     # The pybids index grows with the input tree (~40 KB per run); building and querying
     # it in a short-lived child keeps the coordinating process small: it only receives
-    # the list of runs.
+    # the list of runs, and pybids is imported only there (tests/app/test_imports.py).
     runs = execution.in_child(_discover, config, raw_root, fmriprep_root)
     if not runs:
         raise NothingSelectedError(
