@@ -20,11 +20,12 @@ Promise
   matrices) and giga_connectome use, and is placed just before ``desc``.
 * **Atomic writes.** Every file is written to ``.<name>.tmp-<host>-<pid>-<random>`` in its
   own directory, fsynced, renamed over the target with :func:`os.replace`, and
-  the directory fsynced; a reader sees the old file or the new one, never a
-  part. On any exception (including ``KeyboardInterrupt``) the temporary file
-  is removed. ``OSError`` becomes :class:`~bids_spheres.errors.OutputError`
-  with a one-line message naming the path, the cause (disk full, not writable,
-  ...) and the fix.
+  the directory fsynced (:func:`write_run` fsyncs the run's folder once after
+  its data files and once after the marker, not after each file); a reader
+  sees the old file or the new one, never a part. On any exception (including
+  ``KeyboardInterrupt``) the temporary file is removed. ``OSError`` becomes
+  :class:`~bids_spheres.errors.OutputError` with a one-line message naming the
+  path, the cause (disk full, not writable, ...) and the fix.
 * **Completeness marker.** :func:`write_run` writes the TSVs first and the
   timeseries JSON sidecar last, after removing any old one; the sidecar carries
   ``ParametersHash`` (:func:`params_hash`), and :func:`is_complete` is true only
@@ -389,7 +390,9 @@ def bids_uri(dataset_name: str, relpath: str | PurePath) -> str:
 # -------------------------------------------------------------- atomic writes
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, fsync_dir: bool = True
+) -> Path:
     """Write ``data`` to ``path`` atomically, creating parent directories.
 
     Parameters
@@ -398,6 +401,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         Target file; replaced if it exists.
     data : bytes
         Content.
+    fsync_dir : bool
+        Fsync the directory after the rename (default). False leaves it to a
+        caller that writes several files in one directory and fsyncs it once
+        (as :func:`write_run` does); the file itself is always fsynced before
+        the rename.
 
     Returns
     -------
@@ -422,7 +430,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             os.close(fd)
         os.replace(tmp, target)
         tmp = None
-        _fsync_dir(target.parent)
+        if fsync_dir:
+            _fsync_dir(target.parent)
     except OSError as exc:
         raise _output_error(target, exc) from exc
     finally:
@@ -450,7 +459,7 @@ def prepare_dir(path: Path, what: str) -> None:
         raise OutputError(f"the {what} {path} is not writable; choose a writable location")
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync_dir: bool = True) -> Path:
     """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_write_bytes`).
 
     Parameters
@@ -459,13 +468,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
         Target file.
     text : str
         Content; newlines are written as given.
+    fsync_dir : bool
+        As in :func:`atomic_write_bytes`.
 
     Returns
     -------
     Path
         ``path``.
     """
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync_dir=fsync_dir)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -569,7 +580,11 @@ def write_run(
 
     Order: remove the old timeseries JSON, write the timeseries TSV, the
     relmat TSV and JSON (or remove stale relmat files when ``relmat`` is
-    None), then the timeseries JSON.
+    None), fsync the run's folder once, then write the timeseries JSON and
+    fsync the folder again. Every file is fsynced before its rename; the
+    folder is fsynced twice per run rather than after each file: once so that
+    the data files' renames (and the old marker's removal) are on disk before
+    the new marker can be, once so that the marker is.
 
     Parameters
     ----------
@@ -612,14 +627,19 @@ def write_run(
         raise ValueError(f"relmat of shape {np.shape(relmat)} is not {len(names)} x {len(names)}")
 
     _remove(paths.timeseries_json)
-    atomic_write_text(paths.timeseries_tsv, _render_matrix_tsv(paths.timeseries_tsv, names, data))
+    timeseries_text = _render_matrix_tsv(paths.timeseries_tsv, names, data)
+    atomic_write_text(paths.timeseries_tsv, timeseries_text, fsync_dir=False)
     if relmat is not None:
         relmat_text = _render_matrix_tsv(paths.relmat_tsv, names, np.asarray(relmat))
-        atomic_write_text(paths.relmat_tsv, relmat_text)
-        write_json(paths.relmat_json, relmat_sidecar)
+        atomic_write_text(paths.relmat_tsv, relmat_text, fsync_dir=False)
+        atomic_write_text(paths.relmat_json, _render_json(relmat_sidecar), fsync_dir=False)
     else:
         _remove(paths.relmat_tsv)
         _remove(paths.relmat_json)
+    try:
+        _fsync_dir(paths.directory)  # the data files are on disk before the marker can be
+    except OSError as exc:
+        raise _output_error(paths.directory, exc) from exc
     write_json(paths.timeseries_json, sidecar)
 
 

@@ -647,9 +647,9 @@ def test_write_run_writes_sidecar_last(tmp_path: Path, monkeypatch: pytest.Monke
     order: list[str] = []
     real = outputs.atomic_write_bytes
 
-    def recording(path, data):
+    def recording(path, data, **options):
         order.append(Path(path).name)
-        return real(path, data)
+        return real(path, data, **options)
 
     monkeypatch.setattr(outputs, "atomic_write_bytes", recording)
     write_run(paths, ts, names, {"ParametersHash": h}, relmat=np.eye(3), relmat_sidecar={})
@@ -659,6 +659,35 @@ def test_write_run_writes_sidecar_last(tmp_path: Path, monkeypatch: pytest.Monke
         paths.relmat_json.name,
         paths.timeseries_json.name,
     ]
+
+
+@pytest.mark.parametrize("with_relmat", [True, False])
+def test_write_run_fsyncs_the_folder_before_and_after_the_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_relmat: bool
+) -> None:
+    """Every file is fsynced; the folder twice per run: data files, barrier, marker, again."""
+    paths, ts, names, h = _run(tmp_path)
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        events.append("fsync folder" if target.is_dir() else "fsync file")
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(f"rename {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    relmat = {"relmat": np.eye(3), "relmat_sidecar": {}} if with_relmat else {}
+    write_run(paths, ts, names, {"ParametersHash": h}, **relmat)
+    data = [paths.timeseries_tsv] + ([paths.relmat_tsv, paths.relmat_json] if with_relmat else [])
+    expected = [e for p in data for e in ("fsync file", f"rename {p.name}")]
+    expected += ["fsync folder", "fsync file", f"rename {paths.timeseries_json.name}"]
+    assert events == [*expected, "fsync folder"]
+    assert is_complete(paths, h)
 
 
 def test_interrupted_rewrite_is_not_complete(
