@@ -13,7 +13,8 @@ returns a small frozen dataclass (or the values the next step needs):
    is finished already (same hash, complete outputs; skipped unless
    ``--overwrite``). Nothing is read but file stamps.
 2. :func:`open_bold` -- the BOLD header: a 4D series whose field of view holds
-   the seeds.
+   the seeds, a plausible repetition time and filter cut-offs below its Nyquist
+   frequency.
 3. :func:`mask_on_grid` -- the mask named by ``--mask``, on the BOLD grid.
 4. :func:`place_spheres` -- sphere membership, coverage, overlap and the seeds
    usable at ``--min-coverage``.
@@ -200,10 +201,16 @@ def plan(task: RunTask) -> Plan:
 
 
 def open_bold(task: RunTask) -> reading.VolumeSource:
-    """The BOLD series' header: 4D with at least 2 volumes, its field of view holding the seeds."""
+    """The BOLD series' header: 4D with at least 2 volumes, its field of view holding the seeds.
+
+    Before reading, the run's repetition time must lie in [``MIN_TR_S``,
+    ``MAX_TR_S``] and ``--high-pass``/``--low-pass`` below its Nyquist frequency
+    (a :class:`DataError` of this run otherwise).
+    """
     run = task.run
     if run.problem:
         raise DataError(run.problem)
+    _check_timing(task)
     source = reading.open_source(run.bold)
     if source.ndim != 4 or source.n_volumes < 2:
         raise DataError(
@@ -514,6 +521,43 @@ def _template_mask(space: str, res: str | None) -> Path:
             f" give the resolution with --space {space}:res-N"
         )
     return local[0]
+
+
+MIN_TR_S = 0.05
+"""Shortest accepted repetition time (s). The fastest published fMRI sequences
+(MREG, inverse imaging, ultra-fast multiband EPI) sample at 0.05-0.1 s; below
+that a value is surely not seconds."""
+MAX_TR_S = 20.0
+"""Longest accepted repetition time (s). Sparse-sampling and long-TR designs stay
+below ~16 s; a larger value is a unit slip (e.g. 2000 = 2 s written in ms) and
+would make any band filter meaningless."""
+
+
+def _check_timing(task: RunTask) -> None:
+    """Refuse an implausible repetition time and filter cut-offs outside (0, Nyquist).
+
+    A cut-off at or above the run's Nyquist frequency cannot be filtered: a
+    high-pass there leaves rounding noise (every correlation ~ +-1), a low-pass
+    there is no filter at all. Both are a :class:`DataError` of this run only.
+    """
+    config, run = task.config, task.run
+    t_r = run.t_r
+    where = f"the JSON sidecar {run.sidecar}" if run.sidecar else f"the metadata of {run.bold}"
+    if not (np.isfinite(t_r) and MIN_TR_S <= t_r <= MAX_TR_S):
+        hint = f" ({t_r:g} looks like milliseconds: write {t_r / 1000:g})" if t_r > 1000 else ""
+        raise DataError(
+            f"RepetitionTime {t_r:g} s of {run.bold.name} (from {where}) is outside the "
+            f"plausible {MIN_TR_S:g}-{MAX_TR_S:g} s; BIDS gives it in seconds{hint}; fix the "
+            "sidecar"
+        )
+    nyquist = 0.5 / t_r
+    for option, cutoff in (("--high-pass", config.high_pass), ("--low-pass", config.low_pass)):
+        if cutoff is not None and cutoff >= nyquist:
+            raise DataError(
+                f"{option} {cutoff:g} Hz is at or above the Nyquist frequency {nyquist:g} Hz of "
+                f"{run.bold.name} (RepetitionTime {t_r:g} s); give a cut-off below "
+                f"{nyquist:g} Hz or check the RepetitionTime"
+            )
 
 
 def _correlation(table: np.ndarray) -> np.ndarray:
