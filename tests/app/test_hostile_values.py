@@ -79,3 +79,27 @@ def test_cutoff_at_or_above_nyquist_fails_every_run(
         assert f"{option} {value} Hz is at or above the Nyquist frequency 0.25 Hz" in line
         assert "RepetitionTime 2 s" in line
     assert _outputs(out) == []
+
+
+# ------------------------------------------------------- item 6: a flipped deflate byte
+
+
+@pytest.mark.parametrize("where", [0.5, 0.9])
+def test_flipped_byte_in_deflate_data_fails_that_run_alone(
+    demo_copy: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: float
+) -> None:
+    data = demo_copy.root
+    bold = _bold(data)
+    blob = bytearray(bold.read_bytes())
+    i = int(len(blob) * where)  # inside the deflate data (header: 10 bytes, trailer: 8)
+    blob[i] ^= 0x01
+    bold.write_bytes(bytes(blob))
+    out = tmp_path / "out"
+    assert _run(data, out) == 1
+    err = capsys.readouterr().err
+    failed = _failed(err)
+    assert len(failed) == 1, err
+    assert str(bold) in failed[0].split(": ", 2)[-1] or bold.name in failed[0].split(": ", 2)[-1]
+    assert "Traceback" not in err
+    assert len(_outputs(out)) == 3
+    assert not any(bold.name.split("_desc-")[0] in p.name for p in _outputs(out))
