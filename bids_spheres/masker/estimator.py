@@ -687,27 +687,53 @@ def _load_confounds(confounds: Any, n_volumes: int) -> np.ndarray:
     return arr
 
 
+_MISSING_TOKENS = frozenset({"n/a", "na", "nan", ""})
+
+
 def _read_confounds_file(path: Path) -> np.ndarray:
+    """The numeric table of a CSV, TSV or whitespace-separated text file (SPM ``rp_*.txt``).
+
+    The separator is a tab if the first line holds one, else a comma if it holds
+    one, else runs of whitespace. A first line that is not all numbers is a header
+    and skipped. ``n/a``, ``NA``, ``nan`` and empty fields are NaN (as pandas'
+    ``read_csv`` reads them); any other non-numeric value, or rows of unequal
+    length, raise ValueError naming the line.
+    """
     with open(path, encoding="utf-8", errors="replace") as fh:
-        first = fh.readline()
-    sep = "\t" if "\t" in first else ","
-    tokens = [t.strip() for t in first.rstrip("\r\n").split(sep)]
+        lines = fh.read().splitlines()
+    first = lines[0] if lines else ""
+    sep = "\t" if "\t" in first else ("," if "," in first else None)
+    rows: list[list[float]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        tokens = [tok.strip() for tok in line.split(sep)]
+        values = [_confound_value(tok) for tok in tokens]
+        if None in values:
+            if number == 1:
+                continue  # the header
+            bad = tokens[values.index(None)]
+            raise ValueError(
+                f"cannot read {path} as a numeric confounds table (line {number}: {bad!r} is "
+                "not a number); every value must be a number or n/a"
+            )
+        if rows and len(values) != len(rows[0]):
+            raise ValueError(
+                f"cannot read {path} as a numeric confounds table (line {number} has "
+                f"{len(values)} values, the first row {len(rows[0])}); every row needs one "
+                "value per confound"
+            )
+        rows.append(values)
+    if not rows:
+        raise ValueError(f"{path} holds no confound values; give one row per volume")
+    return np.asarray(rows, dtype=np.float64)
 
-    def _numeric(tok: str) -> bool:
-        try:
-            float(tok)
-        except ValueError:
-            return tok.lower() in ("n/a", "nan", "na")
-        return True
 
-    header = 0 if not all(_numeric(t) for t in tokens) else None
-    import pandas as pd  # imported here: ~0.4 s, only needed for confounds files
-
+def _confound_value(token: str) -> float | None:
+    """A confounds file's token as a float (NaN for missing), None when it is not a number."""
+    if token.lower() in _MISSING_TOKENS:
+        return float("nan")
     try:
-        frame = pd.read_csv(path, sep=sep, header=header, na_values=["n/a", "N/A"])
-        return frame.to_numpy(dtype=np.float64)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise ValueError(
-            f"cannot read {path} as a numeric confounds table ({exc}); every value must be a "
-            "number or n/a"
-        ) from exc
+        return float(token)
+    except ValueError:
+        return None

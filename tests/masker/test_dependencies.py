@@ -43,9 +43,12 @@ _CHILD = textwrap.dedent(
         [[8.0, 8.0, 8.0], [14.0, 12.0, 10.0]], radius=4.0, smoothing_fwhm=4.0,
         detrend=True, low_pass=0.1, high_pass=0.01, t_r=2.0, standardize="zscore_sample",
     )
-    out = masker.fit_transform(
-        path, confounds=rng.normal(size=(n_vol, 3)), sample_mask=np.arange(2, n_vol)
-    )
+    # confounds as a TSV file with a header, the way users pass fMRIPrep's
+    rows = ["a\\tb\\tc"] + ["\\t".join(map(str, r)) for r in rng.normal(size=(n_vol, 3))]
+    confounds_path = path + ".tsv"
+    with open(confounds_path, "w") as fh:
+        fh.write("\\n".join(rows) + "\\n")
+    out = masker.fit_transform(path, confounds=confounds_path, sample_mask=np.arange(2, n_vol))
     assert out.shape == (n_vol - 2, 2) and np.isfinite(out).all()
     tops = {}
     for name in set(sys.modules) - before:
@@ -75,7 +78,7 @@ def _stdlib_file(path: str | None) -> bool:
 
 
 def test_masker_imports_only_its_dependencies(tmp_path: Path) -> None:
-    """fit_transform of a .nii.gz with smoothing, a band-pass, confounds and a
+    """fit_transform of a .nii.gz with smoothing, a band-pass, a confounds TSV file and a
     sample_mask, in a fresh process: every top-level package it imports is a
     declared dependency or one those import themselves."""
     n_vol = 60
@@ -130,3 +133,20 @@ def test_no_masker_module_imports_the_app() -> None:
         for p in sources
     }
     assert not {k: v for k, v in offending.items() if v}
+
+
+def test_masker_sources_import_only_the_stdlib_and_its_dependencies() -> None:
+    """Every import statement of bids_spheres/masker (function-local ones included) names
+    the standard library, a declared dependency or the masker itself: a lazy
+    ``import pandas`` in a rarely used branch is caught here, not by a user."""
+    found = {}
+    for path in sorted(MASKER_DIR.glob("*.py")):
+        tops = {name.split(".")[0] for name in _imported_names(path) if name}
+        other = {
+            top
+            for top in tops - DEPENDENCIES
+            if top not in sys.stdlib_module_names and top != "__future__"
+        }
+        if other:
+            found[path.name] = sorted(other)
+    assert not found, f"masker modules import {found}"

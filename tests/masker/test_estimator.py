@@ -482,3 +482,37 @@ def test_nan_voxels_are_zeroed_with_warning() -> None:
             nib.Nifti1Image(data, AFFINE_2MM)
         )
     assert out[1, 0] == 0.0 and np.isfinite(out).all()
+
+
+def test_confounds_files_tsv_csv_and_whitespace(tmp_path: Path) -> None:
+    """Confounds files are read without pandas: TSV with a header and n/a, headerless
+    CSV, and SPM's whitespace-separated rp_*.txt give the same numbers."""
+    from bids_spheres.masker.estimator import _read_confounds_file
+
+    conf = np.random.default_rng(3).standard_normal((6, 3))
+    lines = ["trans_x\ttrans_y\tn_a"] + ["\t".join(f"{v:.17g}" for v in row) for row in conf]
+    lines[1] = lines[1].rsplit("\t", 1)[0] + "\tn/a"
+    (tmp_path / "c.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "c.csv").write_text("\n".join(",".join(f"{v:.17g}" for v in r) for r in conf))
+    (tmp_path / "rp_bold.txt").write_text(
+        "\n".join("  " + "  ".join(f"{v:.17g}" for v in r) for r in conf) + "\n"
+    )
+    tsv = _read_confounds_file(tmp_path / "c.tsv")
+    assert np.isnan(tsv[0, 2]) and np.isfinite(tsv[1:]).all()
+    np.testing.assert_array_equal(tsv[1:], conf[1:])
+    np.testing.assert_array_equal(_read_confounds_file(tmp_path / "c.csv"), conf)
+    np.testing.assert_array_equal(_read_confounds_file(tmp_path / "rp_bold.txt"), conf)
+
+
+def test_confounds_file_errors_name_the_line(tmp_path: Path) -> None:
+    from bids_spheres.masker.estimator import _read_confounds_file
+
+    (tmp_path / "bad.tsv").write_text("a\tb\n1\t2\n3\toops\n")
+    with pytest.raises(ValueError, match=r"bad.tsv.*line 3: 'oops' is not a number"):
+        _read_confounds_file(tmp_path / "bad.tsv")
+    (tmp_path / "ragged.tsv").write_text("a\tb\n1\t2\n3\n")
+    with pytest.raises(ValueError, match=r"line 3 has 1 values, the first row 2"):
+        _read_confounds_file(tmp_path / "ragged.tsv")
+    (tmp_path / "empty.tsv").write_text("a\tb\n")
+    with pytest.raises(ValueError, match="holds no confound values"):
+        _read_confounds_file(tmp_path / "empty.tsv")
