@@ -41,9 +41,11 @@ What this module promises
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -73,6 +75,8 @@ from bids_spheres.errors import (
 
 if TYPE_CHECKING:
     from bids.layout import BIDSLayout, BIDSLayoutIndexer
+
+log = logging.getLogger("bids_spheres")
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -523,32 +527,38 @@ def collect_runs(
     entities_of = _file_entities(layout, bolds)
     _check_unique(entities_of, res is None, space)
     companions = _companions(layout, options)
-    metadata = _bold_metadata(layout, entities_of, options)
+    chains = _sidecar_chains(layout, entities_of, options)
+    faults = _faulty_files(layout, options)
+    used: set[str] = set()
 
     runs = []
     for path, ents in entities_of.items():
         run_key, grid_key = _run_key(ents), _grid_key(ents)
         public = {k: v for k, v in sorted(ents.items(), key=_entity_order)}
         public = {k: v for k, v in public.items() if k not in _ROLE_ENTITIES}
-        problem = None
-        try:
-            t_r = _repetition_time(path, metadata[path])
-        except DataError as exc:  # this run fails with its reason; the others go on
-            t_r, problem = float("nan"), str(exc)
+        inputs = {
+            "bold": Path(path),
+            "mask": companions.get(("mask", run_key, grid_key)),
+            "confounds": companions.get(("confounds", run_key, None)),
+            "confounds_json": companions.get(("confounds_json", run_key, None)),
+            "sidecar": companions.get(("sidecar", run_key, grid_key)),
+            "aroma_bold": companions.get(("aroma", run_key, grid_key)),
+        }
+        needed = [p for p in (*inputs.values(), *chains[path]) if p is not None]
+        used.update(str(p) for p in needed)
+        problem = next((faults[str(p)] for p in needed if str(p) in faults), None)
+        t_r = float("nan")
+        if problem is None:
+            try:
+                t_r = _repetition_time(path, _merge_sidecars(chains[path]))
+            except (DataError, MissingInputError) as exc:  # this run fails alone
+                problem = str(exc)
         runs.append(
-            RunInputs(
-                bold=Path(path),
-                mask=companions.get(("mask", run_key, grid_key)),
-                confounds=companions.get(("confounds", run_key, None)),
-                confounds_json=companions.get(("confounds_json", run_key, None)),
-                t_r=t_r,
-                entities=public,
-                sidecar=companions.get(("sidecar", run_key, grid_key)),
-                fmriprep_root=root,
-                aroma_bold=companions.get(("aroma", run_key, grid_key)),
-                problem=problem,
-            )
+            RunInputs(**inputs, t_r=t_r, entities=public, fmriprep_root=root, problem=problem)
         )
+    for path, reason in sorted(faults.items()):
+        if path not in used:
+            log.warning("skipped %s", reason)
     runs.sort(key=lambda r: _sort_key(r.entities))
     return runs
 
@@ -616,11 +626,14 @@ def _fingerprint(root: Path) -> str:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            try:
+                is_dir, st = entry.is_dir(), entry.stat()
+            except OSError:  # a broken symlink (un-fetched annex file) or a loop: its link
+                is_dir, st = False, entry.stat(follow_symlinks=False)
+            if is_dir:
                 if depth < 3 and _INDEX_LEVEL.match(entry.name):
                     scan(Path(entry.path), f"{rel}{entry.name}/", depth + 1)
             elif _KEPT_FILE.search(entry.name) or (rel == "" and entry.name.endswith(".json")):
-                st = entry.stat()
                 records.append(f"{rel}{entry.name}\0{st.st_size}\0{st.st_mtime_ns}")
 
     scan(root, "", 0)
@@ -670,7 +683,7 @@ def _publish(tmp: Path, final: Path, *, replace: bool) -> None:
 def _indexer() -> BIDSLayoutIndexer:
     from bids.layout import BIDSLayoutIndexer
 
-    # Sidecar metadata is resolved on demand for the selected runs (see _bold_metadata):
+    # Sidecar metadata is resolved on demand for the selected runs (see _sidecar_chains):
     # pybids' metadata pass loads every file's tags one query at a time and took two
     # thirds of the indexing time of a 500-subject dataset.
     return BIDSLayoutIndexer(validate=False, ignore=[_IGNORE], index_metadata=False)
@@ -864,14 +877,15 @@ def _file_entities(layout: BIDSLayout, paths: Sequence[str]) -> dict[str, dict[s
     return result
 
 
-def _bold_metadata(
+def _sidecar_chains(
     layout: BIDSLayout, entities_of: Mapping[str, Mapping[str, str]], options: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """Merge the ``*_bold.json`` sidecars of each BOLD by the BIDS inheritance principle.
+) -> dict[str, list[Path]]:
+    """The ``*_bold.json`` sidecars of each BOLD by the BIDS inheritance principle.
 
     A sidecar applies to a BOLD file when it sits in the file's folder or a parent
     folder within the dataset and its entities are a subset of the file's (the
-    rule pybids applies); sidecars nearer the file, then with more entities, win.
+    rule pybids applies); sidecars nearer the file, then with more entities, come
+    first (they win when merged by :func:`_merge_sidecars`).
     """
     from bids.layout import Query
 
@@ -883,7 +897,7 @@ def _bold_metadata(
         items = {(k, v) for k, v in ents.items() if k != "extension"}
         candidates.setdefault(Path(path).parent, []).append((len(items), items, Path(path)))
     root = Path(layout.root)
-    result: dict[str, dict[str, Any]] = {}
+    result: dict[str, list[Path]] = {}
     for bold, ents in entities_of.items():
         items = {(k, v) for k, v in ents.items() if k != "extension"}
         folder, chain = Path(bold).parent, []
@@ -897,17 +911,69 @@ def _bold_metadata(
             if folder == root or folder == folder.parent:
                 break
             folder = folder.parent
-        merged: dict[str, Any] = {}
-        for sidecar in reversed(chain):
-            merged.update(_read_json(sidecar))
-        result[bold] = merged
+        result[bold] = chain
     return result
+
+
+def _merge_sidecars(chain: Sequence[Path]) -> dict[str, Any]:
+    """Merge sidecars listed nearest first (:func:`_sidecar_chains`); DataError if one is bad."""
+    merged: dict[str, Any] = {}
+    for sidecar in reversed(chain):
+        merged.update(_read_json(sidecar))
+    return merged
+
+
+def _faulty_files(layout: BIDSLayout, options: Mapping[str, Any]) -> dict[str, str]:
+    """``{path: one-line reason}`` for the indexed files of the selection that cannot be opened.
+
+    pybids indexes a broken symlink (an un-fetched DataLad/git-annex file) or a
+    symlink loop like any file; a run that needs one fails alone with the reason,
+    and one that no selected run needs is skipped with a warning.
+    """
+    from bids.layout import BIDSFile, Query
+
+    query = layout.session.query(BIDSFile.path)
+    if "subject" in options:  # files outside the chosen subjects are never read
+        wanted = {str(p) for p in _get(layout, subject=[*options["subject"], Query.NONE])}
+        paths = sorted(wanted)
+    else:
+        paths = sorted(p for (p,) in query)
+    root = Path(layout.root)
+    faults = {}
+    for path in paths:
+        reason = _unreadable(Path(path), root)
+        if reason is not None:
+            faults[path] = reason
+    return faults
+
+
+def _unreadable(path: Path, root: Path) -> str | None:
+    """Why ``path`` cannot be opened (broken symlink, loop, no access), or None."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        shown = path.relative_to(root) if root in path.parents else path
+        if err.errno == errno.ELOOP:
+            return f"{shown} is a symlink loop; fix or remove the link"
+        if err.errno == errno.ENOENT and path.is_symlink():
+            return (
+                f"{shown} is a broken symlink (an un-fetched DataLad/git-annex file? run "
+                "`datalad get`)"
+            )
+        return f"{shown} cannot be read ({err.strerror}); check that it exists and is readable"
+    return None
 
 
 @functools.lru_cache(maxsize=4096)
 def _read_json_cached(path: Path, mtime_ns: int) -> dict[str, Any]:
     try:
-        content = json.loads(path.read_bytes().decode("utf-8"))
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(
+            f"sidecar {path} cannot be read ({err.strerror}); check that it is a readable file"
+        ) from err
+    try:
+        content = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"sidecar {path} is not valid JSON ({err}); fix the file") from err
     if not isinstance(content, dict):

@@ -158,6 +158,8 @@ def process_run(task: RunTask) -> RunResult:
 
 
 def _steps(task: RunTask) -> RunResult:
+    if task.run.problem:  # found by discovery (e.g. a broken symlink): no file is opened
+        raise DataError(task.run.problem)
     planned = plan(task)
     if planned.finished:
         log.info("finished already: %s", planned.paths.timeseries_tsv.name)

@@ -1,0 +1,128 @@
+"""Hostile input trees (issue 13): broken symlinks, symlink loops, unreadable files and
+folders, odd layouts.  One bad file fails only the run that needs it (exit 1, one line
+naming it) or is skipped with a warning naming it; the other runs are written."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bids_spheres.app import discovery
+from bids_spheres.app.cli import main
+from bids_spheres.app.demo import DemoInfo
+
+CopyDemo = Callable[[DemoInfo, Path], DemoInfo]
+
+
+@pytest.fixture
+def data(demo_one_run: DemoInfo, copy_demo: CopyDemo, tmp_path: Path) -> Path:
+    """A private copy of the 2-subject x 1-run demo (its fMRIPrep folder is its root)."""
+    return copy_demo(demo_one_run, tmp_path / "ds").fmriprep_dir
+
+
+def _run(data: Path, out: Path, *extra: str) -> int:
+    return main(
+        [
+            str(data),
+            str(out),
+            "participant",
+            "--seeds",
+            str(data / "code" / "demo_seeds.tsv"),
+            "--work-dir",
+            str(out.parent / "work"),
+            *extra,
+        ]
+    )
+
+
+def _written(out: Path) -> list[str]:
+    return sorted(p.name.split("_")[0] for p in out.glob("sub-*/func/*_timeseries.tsv"))
+
+
+def _file(data: Path, subject: str, pattern: str) -> Path:
+    return next((data / f"sub-{subject}" / "func").glob(pattern))
+
+
+def _break(path: Path) -> None:
+    """Replace ``path`` by a dangling symlink, as an un-fetched git-annex file is."""
+    path.unlink()
+    path.symlink_to("../../.git/annex/objects/XX/YY/MD5E-s1--0.nii.gz/MD5E-s1--0.nii.gz")
+
+
+# ---------------------------------------------------------------- item 3
+
+
+def test_broken_bold_symlink_fails_its_run_alone(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bold = _file(data, "02", "*MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    _break(bold)
+    assert _run(data, tmp_path / "out") == 1
+    assert _written(tmp_path / "out") == ["sub-01"]
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("bids_spheres: run failed")]
+    assert len(lines) == 1
+    assert f"sub-02/func/{bold.name} is a broken symlink" in lines[0]
+    assert "datalad get" in lines[0]
+    assert "internal error" not in err
+
+
+def test_confounds_symlink_loop_fails_its_run_alone(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    confounds = _file(data, "02", "*_desc-confounds_timeseries.tsv")
+    confounds.unlink()
+    other = confounds.with_name("loop_partner")
+    confounds.symlink_to(other.name)
+    other.symlink_to(confounds.name)
+    assert _run(data, tmp_path / "out") == 1
+    assert _written(tmp_path / "out") == ["sub-01"]
+    err = capsys.readouterr().err
+    assert f"sub-02/func/{confounds.name} is a symlink loop; fix or remove the link" in err
+    assert "internal error" not in err
+
+
+def test_unreadable_sidecar_fails_its_run_alone(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests run as root, which reads a chmod-000 file: make reading this one sidecar fail
+    # with the PermissionError an ordinary user gets.  The indexing child is forked and
+    # inherits the patch.
+    sidecar = _file(data, "02", "*MNI152NLin2009cAsym_desc-preproc_bold.json")
+    read_bytes = pathlib.Path.read_bytes
+
+    def refuse(self: Path) -> bytes:
+        if self.name == sidecar.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", refuse)
+    assert _run(data, tmp_path / "out") == 1
+    assert _written(tmp_path / "out") == ["sub-01"]
+    err = capsys.readouterr().err
+    assert f"sidecar {sidecar} cannot be read (Permission denied)" in err
+    assert "internal error" not in err
+
+
+def test_broken_link_no_run_needs_is_skipped_with_a_warning(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    func = data / "sub-02" / "func"
+    (func / "sub-02_task-other_bold.json").symlink_to("../../.git/annex/objects/x.json")
+    (func / "sub-02_task-x_bold.nii.gz").symlink_to("sub-02_task-x_bold.nii.gz")  # loop
+    layout = discovery.make_layout(data, tmp_path / "db")
+    with caplog.at_level(logging.WARNING, logger="bids_spheres"):
+        runs = discovery.collect_runs(layout)
+    assert [r.problem for r in runs] == [None, None]
+    warnings = sorted(r.getMessage() for r in caplog.records)
+    assert warnings == [
+        "skipped sub-02/func/sub-02_task-other_bold.json is a broken symlink (an un-fetched "
+        "DataLad/git-annex file? run `datalad get`)",
+        "skipped sub-02/func/sub-02_task-x_bold.nii.gz is a symlink loop; fix or remove the link",
+    ]
+    assert os.path.islink(func / "sub-02_task-x_bold.nii.gz")
