@@ -3,7 +3,8 @@
 Promise
 -------
 :func:`load_filter_file` reads a filter file (at most
-:data:`MAX_FILTER_FILE_BYTES`, UTF-8 JSON) and :func:`validate_bids_filters`
+:data:`MAX_FILTER_FILE_BYTES`, UTF-8 JSON nested at most
+:data:`MAX_FILTER_FILE_DEPTH` levels) and :func:`validate_bids_filters`
 checks a parsed mapping ``{query: {entity: value}}``: known fMRIPrep query
 names only, BIDS entities of the pybids configurations :data:`LAYOUT_CONFIG`
 only, no entity bids_spheres sets itself, and values that are labels,
@@ -26,10 +27,19 @@ from typing import Any
 
 from bids_spheres.errors import MissingInputError, UsageError
 
-__all__ = ["LAYOUT_CONFIG", "MAX_FILTER_FILE_BYTES", "load_filter_file", "validate_bids_filters"]
+__all__ = [
+    "LAYOUT_CONFIG",
+    "MAX_FILTER_FILE_BYTES",
+    "MAX_FILTER_FILE_DEPTH",
+    "load_filter_file",
+    "validate_bids_filters",
+]
 
 MAX_FILTER_FILE_BYTES = 64 * 1024
 """Largest ``--bids-filter-file`` accepted; real filter files are a few hundred bytes."""
+
+MAX_FILTER_FILE_DEPTH = 8
+"""Deepest nesting of JSON objects/lists accepted; a filter is 3 deep (query, entity, list)."""
 
 LAYOUT_CONFIG = ("bids", "derivatives")
 """The pybids configurations discovery indexes with; a filter may name their entities."""
@@ -90,11 +100,20 @@ def load_filter_file(path: os.PathLike | str) -> dict[str, dict[str, Any]]:
             f"{MAX_FILTER_FILE_BYTES} accepted; give a small JSON filter file"
         )
     try:
-        content = json.loads(path.read_bytes().decode("utf-8"))
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise UsageError(
             f"--bids-filter-file {path} is not UTF-8 text; save it as a JSON file"
         ) from err
+    depth = _nesting_depth(text)
+    if depth > MAX_FILTER_FILE_DEPTH:
+        raise UsageError(
+            f"--bids-filter-file {path} nests JSON objects or lists {depth} levels deep, more "
+            f"than the {MAX_FILTER_FILE_DEPTH} accepted; a filter is "
+            '{"bold": {"entity": value or [values]}}'
+        )
+    try:
+        content = json.loads(text)
     except json.JSONDecodeError as err:
         raise UsageError(
             f"--bids-filter-file {path} is not valid JSON ({err.msg} at line {err.lineno} "
@@ -164,6 +183,24 @@ def validate_bids_filters(
 
 
 # --------------------------------------------------------------------------- private helpers
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest ``{``/``[`` nesting of JSON ``text`` (brackets inside strings not counted).
+
+    Checked before :func:`json.loads`, whose recursion would otherwise end the job
+    with a RecursionError on a file nested thousands of levels deep.
+    """
+    depth = deepest = 0
+    for char in _JSON_STRING.sub("", text):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 @functools.lru_cache(maxsize=1)

@@ -126,3 +126,21 @@ def test_broken_link_no_run_needs_is_skipped_with_a_warning(
         "skipped sub-02/func/sub-02_task-x_bold.nii.gz is a symlink loop; fix or remove the link",
     ]
     assert os.path.islink(func / "sub-02_task-x_bold.nii.gz")
+
+
+# ---------------------------------------------------------------- item 13 (filter file depth)
+
+
+def test_deeply_nested_filter_file_is_a_usage_error(
+    demo_one_run: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = tmp_path / "filters.json"
+    deep.write_text('{"bold": {"task": ' + "[" * 30_000 + "]" * 30_000 + "}}")
+    assert _run(demo_one_run.fmriprep_dir, tmp_path / "out", "--bids-filter-file", str(deep)) == 64
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"bids_spheres: error: --bids-filter-file {deep} nests JSON objects or lists 30002 "
+        'levels deep, more than the 8 accepted; a filter is {"bold": {"entity": value or '
+        "[values]}}"
+    ]
+    assert not (tmp_path / "out").exists()
