@@ -24,8 +24,7 @@ several times), taken ``block_bytes`` of float64 at a time (at least one volume)
   about twice as fast as the standard library, inflating in a thread of its
   own while the caller extracts), else (isal not installed, although it is a
   declared dependency, or ``BIDS_SPHERES_INFLATER=stdlib``) with the standard
-  library's ``zlib``, then on two or more cores in a second thread of ours
-  (``BIDS_SPHERES_READ_AHEAD=0`` switches it off); from an uncompressed file
+  library's ``gzip.open``; from an uncompressed file
   only the runs of each volume that hold the requested voxels are read
   (``preadv``, in on-disk order, so still one forward pass);
 * the on-disk data type and byte order, ``scl_slope`` and ``scl_inter`` are
@@ -42,12 +41,10 @@ This module reads; it never cleans or filters signals.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
-import queue
 import sys
-import threading
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +80,7 @@ def _isal_enabled() -> bool:
     """True when isal's gzip reader is installed and not switched off.
 
     Set the environment variable ``BIDS_SPHERES_INFLATER=stdlib`` to use the
-    standard library's zlib instead (the benchmarks do).
+    standard library's ``gzip`` instead (the benchmarks do).
     """
     return (
         igzip_threaded is not None and os.environ.get("BIDS_SPHERES_INFLATER", "isal") != "stdlib"
@@ -140,10 +137,15 @@ class ReduceResult:
     n_nonfinite : int
         Number of non-finite values met among the requested voxels that carry a
         weight, one per (volume, voxel) however many weights it has (replaced by 0).
+    nonfinite_fraction : numpy.ndarray
+        Per output, shape (n_outputs,): the fraction of its (volume, weighted
+        voxel) values that were non-finite, in [0, 1] (0 for an output without
+        weights). 1 means the output is 0 only because nothing finite was read.
     """
 
     signals: np.ndarray
     n_nonfinite: int
+    nonfinite_fraction: np.ndarray
 
 
 class VolumeSource:
@@ -244,7 +246,7 @@ class VolumeSource:
         n_out = weights.shape[0]
         out = np.zeros((self.n_volumes, n_out), dtype=np.float64)
         if weights.nnz == 0:
-            return ReduceResult(signals=out, n_nonfinite=0)
+            return ReduceResult(signals=out, n_nonfinite=0, nonfinite_fraction=np.zeros(n_out))
         # Gather the voxel of every weight entry straight from the raw data (a voxel
         # shared by spheres is gathered once per sphere) and sum the products of each
         # row's entries, which are consecutive in CSR order (the arrays indptr,
@@ -269,6 +271,7 @@ class VolumeSource:
             return sums
 
         n_nonfinite = 0
+        nonfinite_per_output = np.zeros(n_out)
         t0 = 0
         # Volumes per weighted sum: the float64 products, (volumes, entries), stay
         # within block_bytes however many entries overlap or smoothing makes.
@@ -286,11 +289,20 @@ class VolumeSource:
                         values = _scaled(raw, slope, inter)
                         bad = ~np.isfinite(values)
                         n_nonfinite += int(np.count_nonzero(bad[:, first]))
+                        per_entry = bad.sum(axis=0, dtype=np.float64)
+                        nonfinite_per_output[nonempty] += np.add.reduceat(per_entry, starts)
                         values[bad] = 0.0
                         sums = weighted_sums(values)
                     out[t0 : t0 + sums.shape[0]] = sums
                     t0 += sums.shape[0]
-        return ReduceResult(signals=out, n_nonfinite=n_nonfinite)
+        n_values = np.diff(weights.indptr) * float(self.n_volumes)
+        fraction = np.divide(
+            nonfinite_per_output,
+            n_values,
+            out=np.zeros(n_out),
+            where=n_values > 0,
+        )
+        return ReduceResult(signals=out, n_nonfinite=n_nonfinite, nonfinite_fraction=fraction)
 
     def iter_voxel_blocks(
         self, voxels: np.ndarray, *, block_bytes: int = DEFAULT_BLOCK_BYTES
@@ -469,101 +481,22 @@ def _iter_memory_blocks(
         yield np.ascontiguousarray(np.asarray(gathered, dtype=np.float64).T)
 
 
-class _ZlibReader:
-    """The standard library's zlib over an open gzip file, inflating in ``readinto``.
-
-    ``zlib.decompressobj(31)`` checks the gzip header, the CRC-32 and the
-    length of every member, as :mod:`gzip` does. Each 64 KiB of compressed
-    input is inflated into at most ``_MAX_OUT`` bytes (a bound: brain-masked
-    images hold long runs of zeros that compress 1000:1), which are then
-    copied out to the callers' buffers; this is about 10 % faster than
-    ``gzip.open(...).readinto`` and, unlike capping every inflation at the end
-    of the caller's buffer, does not slow down when the buffer is exactly one
-    volume. Concatenated members and zero padding after the last member are
-    read as :mod:`gzip` reads them; anything else after a member is an error.
-    """
-
-    _CHUNK = 64 * 1024
-    _MAX_OUT = 1024 * 1024
-
-    def __init__(self, path: str):
-        self._fp = open(path, "rb", buffering=0)
-        self._inflater = zlib.decompressobj(31)
-        self._input = b""
-        self._pending = memoryview(b"")
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        raise io.UnsupportedOperation("seek")
-
-    def close(self) -> None:
-        self._fp.close()
-
-    def __enter__(self) -> _ZlibReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def readinto(self, view: memoryview) -> int:
-        want = len(view)
-        filled = 0
-        pending = self._pending
-        while filled < want:
-            if pending:
-                n = min(len(pending), want - filled)
-                view[filled : filled + n] = pending[:n]
-                filled += n
-                pending = pending[n:]
-                continue
-            inflater = self._inflater
-            if inflater.eof:
-                if not self._next_member():
-                    break
-                continue
-            if inflater.unconsumed_tail:
-                src = inflater.unconsumed_tail
-            elif self._input:
-                src, self._input = self._input, b""
-            else:
-                src = self._fp.read(self._CHUNK)
-            out = inflater.decompress(src, self._MAX_OUT)
-            if out:
-                pending = memoryview(out)
-            elif not src and not inflater.eof:
-                raise EOFError("compressed file ended before the end-of-stream marker was reached")
-        self._pending = pending
-        return filled
-
-    def _next_member(self) -> bool:
-        rest = self._inflater.unused_data.lstrip(b"\x00")
-        while len(rest) < 2:  # zero padding is dropped chunk by chunk as it is read
-            more = self._fp.read(self._CHUNK)
-            if not more:
-                if rest:
-                    raise OSError("trailing garbage after the gzip data")
-                return False
-            rest = (rest + more) if rest else more.lstrip(b"\x00")
-        if rest[:2] != _GZIP_MAGIC:
-            raise OSError("trailing garbage after the gzip data")
-        self._inflater = zlib.decompressobj(31)
-        self._input = rest
-        return True
-
-
 def _open_raw(path: str) -> Any:
     """A forward reader with ``readinto`` over the file's (inflated) bytes.
 
     Plain files: an unbuffered ``io.FileIO``. Gzip files: isal's public
     ``igzip_threaded.open(path, "rb", threads=1)`` (an ``io.BufferedReader`` whose
     raw stream is inflated by isal in a thread of its own), or, without isal or
-    with ``BIDS_SPHERES_INFLATER=stdlib``, :class:`_ZlibReader`.
+    with ``BIDS_SPHERES_INFLATER=stdlib``, the standard library's ``gzip.open``.
+    Both check the header, every member's CRC-32 and length, concatenated members
+    and zero padding as :mod:`gzip` defines them.
     """
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic != _GZIP_MAGIC:
         return open(path, "rb", buffering=0)
     if not _isal_enabled():
-        return _ZlibReader(path)
+        return gzip.open(path, "rb")
     return igzip_threaded.open(path, "rb", threads=1)
 
 
@@ -625,8 +558,9 @@ def _iter_file_blocks(
                 per_block = block_bytes // vol_bytes
                 if voxels is not None:  # and the gathered float64 values stay within it too
                     per_block = min(per_block, block_bytes // (8 * max(1, voxels.size)))
-                read = _read_volumes_ahead if _read_ahead(fh, n_vol, per_block) else _read_volumes
-                blocks = read(fh, offset, n_vol, vol_bytes, vol_bytes * max(1, per_block), path)
+                blocks = _read_volumes(
+                    fh, offset, n_vol, vol_bytes, vol_bytes * max(1, per_block), path
+                )
             else:
                 # Uncompressed file: read only the runs of each volume holding the voxels.
                 starts, lengths, voxels = runs
@@ -659,7 +593,7 @@ def _iter_file_blocks(
             ) from exc
         finally:
             if blocks is not None:
-                blocks.close()  # stops a read-ahead thread before the file is closed
+                blocks.close()  # the generator is done before the file is closed
 
 
 def _voxel_runs(
@@ -748,83 +682,6 @@ def _will_need(fd: int, offset: int, length: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _read_ahead(fh: Any, n_vol: int, per_block: int) -> bool:
-    """Whether to inflate the next block in a second thread while this one is used.
-
-    For the standard library's inflater (:class:`_ZlibReader`): zlib releases the
-    GIL, so on two or more cores the extraction of block k overlaps the inflation
-    of block k + 1. Not for isal's reader (``igzip_threaded`` already inflates in
-    a thread of its own, an ``io.BufferedReader``), plain files (a read from the
-    page cache is a memory copy) nor single blocks. Set
-    ``BIDS_SPHERES_READ_AHEAD=0`` to switch it off.
-    """
-    if isinstance(fh, (io.FileIO, io.BufferedReader)) or n_vol <= max(1, per_block):
-        return False
-    if os.environ.get("BIDS_SPHERES_READ_AHEAD", "1") == "0":
-        return False
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return cores > 1
-
-
-def _read_volumes_ahead(
-    fh: Any,
-    offset: int,
-    n_vol: int,
-    vol_bytes: int,
-    block_bytes: int,
-    path: str,
-) -> Iterator[tuple[memoryview, int]]:
-    """:func:`_read_volumes` with the next block read by a second thread.
-
-    Two buffers take turns: the thread fills one while the caller uses the
-    other, which goes back to the thread when the caller asks for the next
-    block (a block is valid until then, as with :func:`_read_volumes`). The
-    thread's errors are raised in the caller; closing the generator stops and
-    joins the thread (after at most the block it is reading).
-    """
-    per_block = max(1, min(n_vol, block_bytes // max(vol_bytes, 1)))
-    free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
-    full: queue.SimpleQueue[tuple[memoryview, int] | BaseException | None] = queue.SimpleQueue()
-    for _ in range(2):
-        free.put(bytearray(per_block * vol_bytes))
-    stop = threading.Event()
-
-    def fill() -> None:
-        try:
-            _skip(fh, offset, path)
-            done = 0
-            while done < n_vol:
-                buf = free.get()
-                if buf is None or stop.is_set():
-                    return
-                n = min(per_block, n_vol - done)
-                view = memoryview(buf)[: n * vol_bytes]
-                _read_exact(fh, view, path)
-                full.put((view, n))
-                done += n
-            _read_to_end(fh)
-            full.put(None)
-        except BaseException as exc:  # handed to the caller
-            full.put(exc)
-
-    thread = threading.Thread(target=fill, name="bids_spheres-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while (item := full.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            view, n = item
-            yield view, n
-            free.put(view.obj)
-    finally:
-        stop.set()
-        free.put(None)
-        thread.join()
 
 
 def _read_volumes(

@@ -8,7 +8,6 @@ import io
 import struct
 import threading
 import warnings
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -52,50 +51,13 @@ def test_both_inflaters_give_nibabels_values(tmp_path: Path, inflater: str) -> N
         if inflater == "isal":  # isal's public threaded reader, not the standard library's
             assert type(fh) is io.BufferedReader and "isal" in type(fh.raw).__module__
         else:
-            assert type(fh) is reading._ZlibReader
+            assert isinstance(fh, gzip.GzipFile)
     # weighted sums through the sparse weights
     weights = _weights([0, 0, 1], [0, 1, 1], [0.5, 0.5, 1.0], (2, 2))
     voxels = np.array([3, 100])
     got = reading.open_source(str(path)).reduce(voxels, weights).signals
     np.testing.assert_allclose(got[:, 0], 0.5 * (flat[:, 3] + flat[:, 100]), rtol=1e-12)
     np.testing.assert_allclose(got[:, 1], flat[:, 100], rtol=1e-12)
-
-
-def _raw_stream(path: Path, reader_cls: type, size: int) -> bytes:
-    out = bytearray()
-    buf = bytearray(size)
-    reader = reader_cls(str(path))
-    with reader:
-        while True:
-            n = reader.readinto(memoryview(buf))
-            if not n:
-                break
-            out += buf[:n]
-    return bytes(out)
-
-
-@pytest.mark.parametrize("size", [1, 1000, 1 << 20])
-def test_zlib_reader_equals_gzip_on_members_and_padding(tmp_path: Path, size: int) -> None:
-    rng = np.random.default_rng(3)
-    parts = [rng.integers(0, 4, 300_000, dtype=np.uint8).tobytes(), b"", b"tail" * 1000]
-    path = tmp_path / "multi.gz"
-    path.write_bytes(b"".join(gzip.compress(p) for p in parts) + b"\x00" * 37)
-    assert _raw_stream(path, reading._ZlibReader, size) == gzip.decompress(path.read_bytes())
-
-
-def test_zlib_reader_reports_truncation_bad_crc_and_garbage(tmp_path: Path) -> None:
-    payload = np.arange(200_000, dtype=np.float32).tobytes()
-    good = gzip.compress(payload)
-    cases = {
-        "truncated": (good[: len(good) // 2], EOFError, "end-of-stream"),
-        "bad_crc": (good[:-8] + bytes([good[-8] ^ 0xFF]) + good[-7:], zlib.error, "check"),
-        "garbage": (good + b"not gzip", OSError, "trailing garbage"),
-    }
-    for name, (blob, exc, pattern) in cases.items():
-        path = tmp_path / f"{name}.gz"
-        path.write_bytes(blob)
-        with pytest.raises(exc, match=pattern):
-            _raw_stream(path, reading._ZlibReader, 65536)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "crc", "flip"])
@@ -261,20 +223,6 @@ def test_only_the_header_is_read_when_opening(tmp_path: Path) -> None:
         list(source.iter_volumes())
 
 
-def test_zlib_reader_holds_at_most_one_bounded_piece_of_a_1000_to_1_stream(tmp_path: Path) -> None:
-    path = tmp_path / "zeros.gz"
-    path.write_bytes(gzip.compress(bytes(48 << 20)))  # 48 MiB of zeros in ~50 KiB
-    reader = reading._ZlibReader(str(path))
-    buf = bytearray(4_328_140)
-    total = 0
-    with reader:
-        while n := reader.readinto(memoryview(buf)):
-            assert len(reader._pending) <= reading._ZlibReader._MAX_OUT
-            assert not any(buf[:n])
-            total += n
-    assert total == 48 << 20
-
-
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_reduce_scales_sums_and_counts_each_bad_voxel_once(tmp_path: Path, suffix: str) -> None:
     rng = np.random.default_rng(5)
@@ -339,51 +287,6 @@ def test_reduce_bounds_memory_when_weights_outnumber_voxels(tmp_path: Path) -> N
         assert peak < 4 * (4 << 20) + 10 * weights.nnz * 8, (source, peak, weights.nnz)
 
 
-@pytest.fixture
-def forced_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read ahead whatever the number of cores (the thread path must work anywhere)."""
-    calls = []
-
-    def always(fh, n_vol, per_block) -> bool:
-        calls.append(n_vol)
-        return not isinstance(fh, io.FileIO)
-
-    monkeypatch.setattr(reading, "_read_ahead", always)
-    yield calls
-
-
-def _read_ahead_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "bids_spheres-read-ahead"]
-
-
-def test_read_ahead_gives_the_same_blocks(
-    tmp_path: Path, inflater: str, forced_read_ahead
-) -> None:
-    path, data = _image(tmp_path)
-    flat = data.reshape(-1, data.shape[3], order="F").T.astype(np.float64)
-    assert np.array_equal(_all_voxels(path), flat)  # one volume per block: 13 blocks
-    assert forced_read_ahead, "the read-ahead path was not taken"
-    voxels = np.array([5, 300, 2])
-    got = np.vstack(list(reading.open_source(str(path)).iter_voxel_blocks(voxels, block_bytes=1)))
-    assert np.array_equal(got, flat[:, voxels])
-    assert not _read_ahead_threads()
-
-
-def test_read_ahead_stops_when_abandoned_and_reports_errors(
-    tmp_path: Path, inflater: str, forced_read_ahead
-) -> None:
-    path, _ = _image(tmp_path)
-    blocks = reading.open_source(str(path)).iter_volumes(block_bytes=1)
-    next(blocks)
-    assert len(_read_ahead_threads()) == 1
-    blocks.close()
-    assert not _read_ahead_threads()
-    path.write_bytes(path.read_bytes()[:3000])  # truncated inside the data
-    with pytest.raises(ValueError, match=rf"{path.name}.*(truncated|corrupt)"):
-        _all_voxels(path)
-    assert not _read_ahead_threads()
-
-
 def test_isal_reader_thread_stops_when_reading_ends_or_is_abandoned(tmp_path: Path) -> None:
     # 16 MiB of noise: isal's thread is still inflating when the first volume arrives
     data = np.random.default_rng(0).normal(size=(64, 64, 64, 16)).astype(np.float32)
@@ -397,25 +300,3 @@ def test_isal_reader_thread_stops_when_reading_ends_or_is_abandoned(tmp_path: Pa
     assert set(threading.enumerate()) == before
     assert _all_voxels(path).shape == (16, 64**3)
     assert set(threading.enumerate()) == before
-
-
-def test_read_ahead_is_off_for_plain_files_single_blocks_isal_and_when_asked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path, _ = _image(tmp_path)
-    monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    with reading._open_raw(str(path)) as fh:
-        assert not reading._read_ahead(fh, 10, 1)  # isal's reader inflates in its own thread
-    monkeypatch.setenv("BIDS_SPHERES_INFLATER", "stdlib")
-    with reading._open_raw(str(path)) as fh:
-        assert reading._read_ahead(fh, 10, 1)
-        assert not reading._read_ahead(fh, 10, 10)  # everything fits in one block
-        monkeypatch.setenv("BIDS_SPHERES_READ_AHEAD", "0")
-        assert not reading._read_ahead(fh, 10, 1)
-    monkeypatch.delenv("BIDS_SPHERES_READ_AHEAD")
-    monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    with reading._open_raw(str(path)) as fh:
-        assert not reading._read_ahead(fh, 10, 1)  # one core: nothing to overlap
-    with open(path, "rb", buffering=0) as fh:
-        monkeypatch.setattr(reading.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-        assert not reading._read_ahead(fh, 10, 1)
