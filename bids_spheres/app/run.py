@@ -142,6 +142,8 @@ class Signals:
     kept: np.ndarray
     tsnr: np.ndarray
     warnings: list[str]
+    status: list[str]  # per seed: "ok" or "n/a: <why>"
+    missing: list[str]  # the seeds written n/a, in seed order
 
 
 def process_run(task: RunTask) -> RunResult:
@@ -312,7 +314,12 @@ def extract(
     placed: SeedSpheres,
     nuisance: Confounds,
 ) -> Signals:
-    """Run the masker on the usable seeds; log its warnings; lay the signals out per seed."""
+    """Run the masker on the usable seeds; log its warnings; lay the signals out per seed.
+
+    A usable seed whose sphere gave no finite value (every voxel NaN/inf in every
+    volume: the masker's ``nonfinite_fraction`` is 1) is missing too: an n/a
+    column with Status ``n/a: no finite voxel values``, listed in MissingSeeds.
+    """
     config, run, strategy = task.config, task.run, task.strategy
     bold_input: Any = run.bold
     if getattr(strategy, "requires_bold_desc", None):
@@ -349,8 +356,22 @@ def extract(
     for message in run_warnings:
         log.warning("%s: %s", run.bold.name, message)
     n_seeds = len(task.seeds)
+    status = ["ok" if ok else "n/a: coverage below threshold" for ok in usable]
+    no_finite = np.zeros(n_seeds, dtype=bool)
+    no_finite[usable] = extracted.nonfinite_fraction >= 1.0
+    for i in np.flatnonzero(no_finite):
+        status[i] = "n/a: no finite voxel values"
+    if no_finite.any():
+        names = [task.seeds.names[i] for i in np.flatnonzero(no_finite)]
+        log.warning(
+            "%s: %d seed(s) with no finite voxel value written as n/a: %s",
+            run.bold.name,
+            len(names),
+            ", ".join(names[:10]),
+        )
+    written = usable & ~no_finite
     table = np.full((signals.shape[0], n_seeds), np.nan, dtype=np.float64)
-    table[:, usable] = signals
+    table[:, written] = signals[:, written[usable]]
     relmat = _correlation(table)
 
     sample_mask = nuisance.sample_mask
@@ -359,7 +380,9 @@ def extract(
     raw_kept = raw[kept]
     with np.errstate(invalid="ignore", divide="ignore"):
         tsnr[usable] = raw_kept.mean(axis=0) / raw_kept.std(axis=0, ddof=1)
-    return Signals(bold_input, table, relmat, kept, tsnr, run_warnings)
+    tsnr[no_finite] = np.nan
+    missing = [task.seeds.names[i] for i in np.flatnonzero(~written)]
+    return Signals(bold_input, table, relmat, kept, tsnr, run_warnings, status, missing)
 
 
 def run_sidecar(
@@ -387,7 +410,7 @@ def run_sidecar(
             "Network": seed_set.networks[i],
             "VoxelCount": int(placed.geometry.sizes[i]),
             "Coverage": round(float(placed.coverage[i]), 4),
-            "Status": "ok" if placed.usable[i] else "n/a: coverage below threshold",
+            "Status": signals.status[i],
             "TemporalSNR": None if not np.isfinite(tsnr[i]) else round(float(tsnr[i]), 3),
         }
         for i, name in enumerate(seed_set.names)
@@ -405,7 +428,7 @@ def run_sidecar(
         "Space": run.entities.get("space"),
         "Mask": mask.description,
         "Seeds": seed_info,
-        "MissingSeeds": placed.missing,
+        "MissingSeeds": signals.missing,
         "Warnings": signals.warnings,
         "NumberOfVolumes": source.n_volumes,
         "KeptVolumes": signals.kept.tolist(),

@@ -68,12 +68,18 @@ class SphereSignals:
         Voxels per sphere on the image's grid, inside the mask.
     coverage : numpy.ndarray
         Fraction of each sphere inside the grid and the mask, in [0, 1].
+    nonfinite_fraction : numpy.ndarray
+        Per seed, the fraction of the values read for its sphere (volumes x
+        voxels carrying a weight) that were NaN or inf, in [0, 1]; they count as
+        0 in the means (as in nilearn), so 1 means the seed's signal is 0 only
+        because no finite value was read: a caller should treat it as missing.
     """
 
     signals: np.ndarray
     raw: np.ndarray
     sizes: np.ndarray
     coverage: np.ndarray
+    nonfinite_fraction: np.ndarray
 
 
 class NiftiSpheresMasker(BaseEstimator):
@@ -253,16 +259,20 @@ class NiftiSpheresMasker(BaseEstimator):
             float64 sphere means of every volume before any cleaning, and the
             size and coverage of each sphere on the image's grid.
         """
-        signals, raw = self._transform(imgs, confounds, sample_mask)
+        signals, raw, nonfinite = self._transform(imgs, confounds, sample_mask)
         geometry = self.geometry(imgs)
         return SphereSignals(
-            signals=signals, raw=raw, sizes=geometry.sizes.copy(), coverage=geometry.coverage
+            signals=signals,
+            raw=raw,
+            sizes=geometry.sizes.copy(),
+            coverage=geometry.coverage,
+            nonfinite_fraction=nonfinite,
         )
 
     def _transform(
         self, imgs: Any, confounds: Any, sample_mask: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(cleaned signals, raw float64 sphere means before any cleaning)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cleaned signals, raw float64 sphere means before any cleaning, non-finite fraction)."""
         check_is_fitted(self)
         source = reading.open_source(imgs)
         self._log(f"reading {source.name}: grid {source.shape}, {source.n_volumes} volumes")
@@ -276,7 +286,7 @@ class NiftiSpheresMasker(BaseEstimator):
             if weights_geometry is not geometry
             else geometry.mean_weights()
         )
-        raw = self._extract(source, weights_geometry.voxels, weights)
+        raw, nonfinite = self._extract(source, weights_geometry.voxels, weights)
 
         all_confounds = []
         if self.high_variance_confounds:
@@ -297,7 +307,7 @@ class NiftiSpheresMasker(BaseEstimator):
             t_r=self.t_r,
             sample_mask=sample_mask,
         )
-        return signals.astype(self._output_dtype(source), copy=False), raw
+        return signals.astype(self._output_dtype(source), copy=False), raw, nonfinite
 
     def geometry(self, imgs: Any) -> spheres.SphereGeometry:
         """Sphere membership on the grid of ``imgs`` (memoised; only the header is read).
@@ -437,7 +447,7 @@ class NiftiSpheresMasker(BaseEstimator):
 
     def _extract(
         self, source: reading.VolumeSource, voxels: np.ndarray, weights: sparse.csr_array
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.memory_ is not None and self.memory_level >= 1:
             cached = self.memory_.cache(_extract_cached, ignore=["source"])
             result = cached(source.cache_key(), source, voxels, weights)
@@ -450,7 +460,7 @@ class NiftiSpheresMasker(BaseEstimator):
                 UserWarning,
                 stacklevel=3,
             )
-        return result.signals
+        return result.signals, result.nonfinite_fraction
 
     def _high_variance_confounds(self, source: reading.VolumeSource) -> np.ndarray:
         """Two passes: per-voxel detrended variance, then the top 2 % voxels' series."""
@@ -518,6 +528,7 @@ class NiftiSpheresMasker(BaseEstimator):
 def _extract_cached(
     key: Any, source: reading.VolumeSource, voxels: np.ndarray, weights: sparse.csr_array
 ) -> reading.ReduceResult:
+    """source.reduce, cached (a ReduceResult with ``nonfinite_fraction``)."""
     del key  # only used by joblib to identify the input
     return source.reduce(voxels, weights)
 

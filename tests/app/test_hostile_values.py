@@ -103,3 +103,49 @@ def test_flipped_byte_in_deflate_data_fails_that_run_alone(
     assert "Traceback" not in err
     assert len(_outputs(out)) == 3
     assert not any(bold.name.split("_desc-")[0] in p.name for p in _outputs(out))
+
+
+# ------------------------------------------------------------ item 7: an all-NaN sphere
+
+
+def test_all_nan_sphere_is_a_missing_seed_counted_by_the_group(
+    demo_copy: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    data = demo_copy.root
+    seeds = pd.read_csv(data / "code" / "demo_seeds.tsv", sep="\t").set_index("name")
+    path = _bold(data)
+    img = nib.load(path)
+    arr = np.asarray(img.dataobj).astype(np.float32)
+    i, j, k = np.rint(np.linalg.inv(img.affine) @ np.r_[seeds.loc["PCC", ["x", "y", "z"]], 1])[
+        :3
+    ].astype(int)
+    arr[i - 3 : i + 4, j - 3 : j + 4, k - 3 : k + 4, :] = np.nan  # the whole PCC sphere
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), path)
+    out = tmp_path / "out"
+    assert _run(data, out) == 0
+    tsv = next(p for p in _outputs(out) if path.name.split("_desc-")[0] in p.name)
+    table = pd.read_csv(tsv, sep="\t", na_values=["n/a"], keep_default_na=False)
+    assert table["PCC"].isna().all()
+    others = table.drop(columns="PCC")
+    assert np.isfinite(others.to_numpy()).all()
+    sidecar = json.loads(tsv.with_suffix(".json").read_text())
+    assert sidecar["Seeds"]["PCC"]["Status"] == "n/a: no finite voxel values"
+    assert sidecar["Seeds"]["PCC"]["TemporalSNR"] is None
+    assert sidecar["MissingSeeds"] == ["PCC"]
+    relmat = next(tsv.parent.glob(path.name.split("_desc-")[0] + "_*_relmat.tsv"))
+    matrix = pd.read_csv(relmat, sep="\t", na_values=["n/a"], keep_default_na=False)
+    pcc = list(matrix.columns).index("PCC")
+    assert matrix.iloc[pcc].isna().all() and matrix["PCC"].isna().all()
+    assert np.isfinite(matrix.drop(columns="PCC").drop(index=pcc).to_numpy()).all()
+    assert "1 seed(s) with no finite voxel value written as n/a: PCC" in capsys.readouterr().err
+
+    assert main([str(data), str(out), "group", "--work-dir", str(tmp_path / "work")]) == 0
+    group_seeds = next((out / "group").glob("*_seeds.tsv"))
+    summary = pd.read_csv(group_seeds, sep="\t", na_values=["n/a"], keep_default_na=False)
+    summary = summary.set_index("name")
+    assert summary.loc["PCC", "fraction_missing"] == pytest.approx(0.25)
+    assert (summary.drop(index="PCC")["fraction_missing"] == 0).all()

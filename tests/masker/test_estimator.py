@@ -516,3 +516,24 @@ def test_confounds_file_errors_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "empty.tsv").write_text("a\tb\n")
     with pytest.raises(ValueError, match="holds no confound values"):
         _read_confounds_file(tmp_path / "empty.tsv")
+
+
+def test_nonfinite_fraction_per_seed() -> None:
+    """extract() tells per seed what fraction of the values read were NaN/inf (issue 13
+    item 7): 1 for an all-NaN sphere (its mean is a column of 0, as nilearn gives it)."""
+    img = _img(n_vol=6, shape=(10, 10, 10))
+    data = img.get_fdata()
+    data[1:4, 1:4, 1:4, :] = np.nan  # the whole 7-voxel sphere around voxel (2, 2, 2)
+    data[7, 7, 7, :3] = np.inf  # 1 voxel of 7, 3 volumes of 6
+    img = nib.Nifti1Image(data, AFFINE_2MM)
+    seeds = [(-36.0, -36.0, -36.0), (-26.0, -26.0, -26.0), (-30.0, -30.0, -30.0)]
+    masker = NiftiSpheresMasker(seeds, radius=2.0, standardize=False, detrend=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = masker.fit().extract(img)
+        plain = masker.transform(img)
+    assert any("45 non-finite" in str(w.message) for w in caught)  # 7 x 6 + 1 x 3
+    np.testing.assert_allclose(got.nonfinite_fraction, [1.0, 3 / 42, 0.0])
+    assert got.sizes.tolist() == [7, 7, 7]
+    np.testing.assert_array_equal(got.signals[:, 0], 0.0)
+    np.testing.assert_array_equal(plain, got.signals)  # transform unchanged
