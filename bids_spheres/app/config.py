@@ -24,18 +24,32 @@ from bids_spheres.errors import UsageError
 
 __all__ = ["RunConfig", "parse_space"]
 
-_SPACE = re.compile(r"^(?P<space>[A-Za-z0-9]+)(:res-(?P<res>[A-Za-z0-9]+))?$")
+_SPACE = re.compile(r"^[A-Za-z0-9]+$")
+_MODIFIER = re.compile(r"^(?P<key>cohort|res)-(?P<value>[A-Za-z0-9]+)$")
 
 
-def parse_space(text: str) -> tuple[str, str | None]:
-    """Split fMRIPrep's ``SPACE[:res-N]`` syntax into (space, res or None)."""
-    match = _SPACE.match(text)
-    if not match:
-        raise UsageError(
-            f"--space {text!r} is not valid; give a template name with an optional "
-            "resolution, e.g. MNI152NLin2009cAsym or MNI152NLin2009cAsym:res-2"
-        )
-    return match["space"], match["res"]
+def parse_space(text: str) -> tuple[str, str | None, str | None]:
+    """Split fMRIPrep's ``SPACE[:cohort-C][:res-N]`` into (space, cohort, res).
+
+    TemplateFlow's ``cohort`` names a variant of a template
+    (``MNIPediatricAsym:cohort-1:res-2``); the modifiers may come in either
+    order, each at most once.
+    """
+    name, *modifiers = text.split(":")
+    found: dict[str, str] = {}
+    for modifier in modifiers:
+        match = _MODIFIER.match(modifier)
+        if match is None or match["key"] in found:
+            break
+        found[match["key"]] = match["value"]
+    else:
+        if _SPACE.match(name):
+            return name, found.get("cohort"), found.get("res")
+    raise UsageError(
+        f"--space {text!r} is not valid; give a template name with an optional cohort and "
+        "resolution, e.g. MNI152NLin2009cAsym, MNI152NLin2009cAsym:res-2 or "
+        "MNIPediatricAsym:cohort-1:res-2"
+    )
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,7 @@ class RunConfig:
     run: tuple[str, ...] | None = None
     space: str = "MNI152NLin2009cAsym"
     res: str | None = None
+    cohort: str | None = None
     bids_filters: dict[str, Any] | None = None
     derivatives: Path | None = None
     seeds: str = "power2011"
@@ -97,7 +112,7 @@ class RunConfig:
             raise UsageError(
                 f"--high-pass {args.high_pass} Hz must be lower than --low-pass {args.low_pass} Hz"
             )
-        space, res = parse_space(args.space)
+        space, cohort, res = parse_space(args.space)
         filters = None
         if args.bids_filter_file is not None:
             filters = load_filter_file(args.bids_filter_file)
@@ -127,6 +142,7 @@ class RunConfig:
             run=_tuple(args.run),
             space=space,
             res=res,
+            cohort=cohort,
             bids_filters=filters,
             derivatives=Path(args.derivatives).absolute() if args.derivatives else None,
             seeds=args.seeds,
@@ -158,8 +174,9 @@ class RunConfig:
 
     @property
     def space_with_res(self) -> str:
-        """``space`` or ``space:res-N`` as fMRIPrep spells it."""
-        return f"{self.space}:res-{self.res}" if self.res else self.space
+        """``space[:cohort-C][:res-N]`` as fMRIPrep spells it."""
+        cohort = f":cohort-{self.cohort}" if self.cohort else ""
+        return f"{self.space}{cohort}:res-{self.res}" if self.res else f"{self.space}{cohort}"
 
     def cleaning_parameters(self) -> dict[str, Any]:
         """The settings that determine the numbers of a run's outputs."""

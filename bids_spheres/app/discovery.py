@@ -25,7 +25,11 @@ What this module promises
   built in a temporary folder and renamed into place, under a lock, so several
   processes may start at once; an existing index is only ever read.
 * :func:`collect_runs` returns one :class:`RunInputs` per
-  ``desc-preproc_bold`` NIfTI (never CIFTI/GIfTI) in the requested space, sorted
+  ``desc-preproc_bold`` NIfTI (never CIFTI/GIfTI) in the requested space
+  (fMRIPrep's ``SPACE[:cohort-C][:res-N]``: TemplateFlow's ``cohort`` is part of
+  the space, as in ``space-MNIPediatricAsym_cohort-1_res-2``; a run found in
+  several cohorts or resolutions that the space leaves open is a
+  :class:`~bids_spheres.errors.UsageError` asking to choose one), sorted
   by subject, session, task, ..., run, with the brain mask of the same space and
   resolution, the confounds file (``desc-confounds_timeseries`` or the older
   ``desc-confounds_regressors``), its JSON, the ``desc-smoothAROMAnonaggr`` BOLD
@@ -92,10 +96,16 @@ __all__ = [
 ]
 
 DEFAULT_SPACE = "MNI152NLin2009cAsym"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 """Bump when the indexing rules change, so older databases are not reused."""
 
-_CONFIG = LAYOUT_CONFIG
+# fMRIPrep names template variants by TemplateFlow's cohort entity
+# (space-MNIPediatricAsym_cohort-1_res-2); pybids' configurations do not know it.
+_COHORT_CONFIG = {
+    "name": "bids_spheres_cohort",
+    "entities": [{"name": "cohort", "pattern": "[_/\\\\]+cohort-([a-zA-Z0-9]+)"}],
+}
+_CONFIG: tuple[Any, ...] = (*LAYOUT_CONFIG, _COHORT_CONFIG)
 _NIFTI = (".nii", ".nii.gz")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _INDEX_LEVEL = re.compile(r"^(?:sub-[A-Za-z0-9]+|ses-[A-Za-z0-9]+|func)$")
@@ -113,7 +123,7 @@ _IGNORE = re.compile(
 )
 # Entities that describe a file's role or grid, not which acquisition it comes from.
 _ROLE_ENTITIES = frozenset({"suffix", "extension", "datatype", "desc"})
-_GRID_ENTITIES = frozenset({"space", "res", "den"})
+_GRID_ENTITIES = frozenset({"space", "cohort", "res", "den"})
 # Filter keys we set ourselves; a filter may repeat our value but not change it.
 _FIXED_FILTERS = {"suffix": {"bold"}, "datatype": {"func"}}
 _SORT_ORDER = (
@@ -128,6 +138,7 @@ _SORT_ORDER = (
     "echo",
     "part",
     "space",
+    "cohort",
     "res",
 )
 _PREFIXES = {"subject": "sub-", "session": "ses-", "task": "task-", "run": "run-"}
@@ -447,9 +458,10 @@ def collect_runs(
     session_label, task, run : optional
         Labels (``ses-``/``task-``/``run-`` prefixes allowed) restricting the runs.
     space : str
-        Output space, optionally with fMRIPrep's resolution modifier
-        (``"MNI152NLin2009cAsym:res-2"``).  Without one, any resolution is
-        accepted as long as each run has only one.
+        Output space, optionally with fMRIPrep's cohort and resolution modifiers
+        (``"MNI152NLin2009cAsym:res-2"``, ``"MNIPediatricAsym:cohort-1:res-2"``).
+        Without one, any cohort or resolution is accepted as long as each run
+        has only one.
     bids_filters : mapping, optional
         Parsed ``--bids-filter-file`` (fMRIPrep's format); its ``"bold"`` query
         is applied.  It must not constrain an entity also given as an option.
@@ -475,7 +487,7 @@ def collect_runs(
         If a run has no usable repetition time, or both ``.nii`` and ``.nii.gz``.
     """
     root = Path(layout.root)
-    space_label, res = _parse_space(space)
+    space_label, cohort, res = _parse_space(space)
     options: dict[str, Any] = {}
     subjects_present = list_subjects(layout)
     if not subjects_present:
@@ -519,13 +531,14 @@ def collect_runs(
     query_filters = {k: _to_query(v) for k, v in filters.items()}
 
     base = {"suffix": "bold", "desc": "preproc", "extension": list(_NIFTI)}
-    grid = {"space": space_label, **({"res": res} if res is not None else {})}
+    grid = {"space": space_label}
+    grid.update({k: v for k, v in (("cohort", cohort), ("res", res)) if v is not None})
     bolds = _get(layout, **base, **grid, **options, **query_filters)
     if not bolds:
         _explain_empty(layout, root, base, grid, space, options, query_filters)
 
     entities_of = _file_entities(layout, bolds)
-    _check_unique(entities_of, res is None, space)
+    _check_unique(entities_of, space)
     companions = _companions(layout, options)
     chains = _sidecar_chains(layout, entities_of, options)
     faults = _faulty_files(layout, options)
@@ -754,24 +767,26 @@ def _run_labels(values: Sequence[int | str] | int | str) -> list[int]:
     return runs
 
 
-def _parse_space(space: str) -> tuple[str, str | None]:
+def _parse_space(space: str) -> tuple[str, str | None, str | None]:
+    """``SPACE[:cohort-C][:res-N]`` (fMRIPrep's syntax) -> (space, cohort, res)."""
     if not isinstance(space, str) or not space:
         raise UsageError(f"space {space!r} is not a space name; give e.g. {DEFAULT_SPACE}")
-    name, _, modifier = space.partition(":")
+    name, *modifiers = space.split(":")
     if not _LABEL.match(name):
         raise UsageError(
             f"space {space!r} is not a BIDS space label; give e.g. {DEFAULT_SPACE} or "
             f"{DEFAULT_SPACE}:res-2"
         )
-    if not modifier:
-        return name, None
-    match = re.fullmatch(r"res-([A-Za-z0-9]+)", modifier)
-    if match is None:
-        raise UsageError(
-            f"space modifier {modifier!r} in {space!r} is not understood; only res-N is "
-            f"supported, as in {DEFAULT_SPACE}:res-2"
-        )
-    return name, match.group(1)
+    found: dict[str, str] = {}
+    for modifier in modifiers:
+        match = re.fullmatch(r"(cohort|res)-([A-Za-z0-9]+)", modifier)
+        if match is None or match.group(1) in found:
+            raise UsageError(
+                f"space modifier {modifier!r} in {space!r} is not understood; give at most one "
+                "cohort-C and one res-N, as in MNIPediatricAsym:cohort-1:res-2"
+            )
+        found[match.group(1)] = match.group(2)
+    return name, found.get("cohort"), found.get("res")
 
 
 def _preview(labels: Sequence[str], limit: int = 20) -> str:
@@ -813,6 +828,15 @@ def _explain_empty(
             f"no desc-preproc_bold in space {grid['space']} under {root}{who} (spaces present: "
             f"{present}); choose one with --space or rerun fMRIPrep with --output-spaces "
             f"{grid['space']}"
+        )
+    if "cohort" in grid and not _get(
+        layout, **base, **subjects, space=grid["space"], cohort=grid["cohort"]
+    ):
+        found = values("cohort", **base, **subjects, space=grid["space"])
+        present = ", ".join(f"cohort-{c}" for c in found) or "none (no cohort entity)"
+        raise MissingInputError(
+            f"no desc-preproc_bold in space {space} under {root}{who} (cohorts present in "
+            f"{grid['space']}: {present}); choose one with --space {grid['space']}:cohort-C"
         )
     if "res" in grid and not _get(layout, **base, **subjects, **grid):
         found = values("res", **base, **subjects, space=grid["space"])
@@ -996,15 +1020,15 @@ def _run_key(ents: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
     return frozenset((k, str(v)) for k, v in ents.items() if k not in skip)
 
 
-def _grid_key(ents: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+def _grid_key(ents: Mapping[str, Any]) -> tuple[str | None, ...]:
     def get(k: str) -> str | None:
         return str(ents[k]) if k in ents else None
 
-    return (get("space"), get("res"), get("den"))
+    return (get("space"), get("cohort"), get("res"), get("den"))
 
 
-def _check_unique(entities_of: dict[str, dict[str, Any]], any_res: bool, space: str) -> None:
-    """Refuse a run found twice (two extensions, or several resolutions when none was chosen)."""
+def _check_unique(entities_of: dict[str, dict[str, Any]], space: str) -> None:
+    """Refuse a run found twice (two extensions, or several cohorts/resolutions left open)."""
     seen: dict[Any, list[str]] = {}
     for path, ents in entities_of.items():
         seen.setdefault((_run_key(ents), _grid_key(ents)), []).append(path)
@@ -1016,16 +1040,28 @@ def _check_unique(entities_of: dict[str, dict[str, Any]], any_res: bool, space: 
     by_run: dict[Any, list[dict[str, Any]]] = {}
     for ents in entities_of.values():
         by_run.setdefault(_run_key(ents), []).append(ents)
-    if any_res:
-        for group in by_run.values():
-            if len(group) > 1:
-                labels = sorted((e["res"] for e in group if "res" in e), key=_natural)
-                shown = [f"res-{r}" for r in labels] + ["no res"] * (len(group) - len(labels))
-                raise UsageError(
-                    f"space {space} has several resolutions for run {_describe_run(group[0])} "
-                    f"({', '.join(shown)}); choose one with --space "
-                    f"{group[0]['space']}:res-{labels[0]}"
-                )
+    for group in by_run.values():
+        if len(group) < 2:  # one grid per run: the space (and its modifiers) chose it
+            continue
+        first = group[0]
+        if len({e.get("cohort") for e in group}) > 1:
+            grids = sorted(
+                ":".join(f"{k}-{e[k]}" for k in ("cohort", "res") if k in e) or "no cohort"
+                for e in group
+            )
+            choice = next(g for g in grids if g.startswith("cohort-"))
+            raise UsageError(
+                f"space {space} has several cohorts for run {_describe_run(first)} "
+                f"({', '.join(grids)}); choose one with --space {first['space']}:{choice}"
+            )
+        labels = sorted((e["res"] for e in group if "res" in e), key=_natural)
+        shown = [f"res-{r}" for r in labels] + ["no res"] * (len(group) - len(labels))
+        cohort = f":cohort-{first['cohort']}" if "cohort" in first else ""
+        example = f"{first['space']}{cohort}:res-{labels[0] if labels else 'N'}"
+        raise UsageError(
+            f"space {space} has several resolutions for run {_describe_run(first)} "
+            f"({', '.join(shown)}); choose one with --space {example}"
+        )
 
 
 def _describe_run(ents: Mapping[str, str]) -> str:

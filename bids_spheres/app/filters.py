@@ -49,6 +49,7 @@ _REFUSED_FILTERS = {
     "extension": "bids_spheres reads .nii and .nii.gz BOLD files",
     "desc": "bids_spheres always reads desc-preproc BOLD runs",
     "space": "choose the space with --space",
+    "cohort": "choose the cohort with --space SPACE:cohort-C",
     "res": "choose the resolution with --space SPACE:res-N",
     "den": "surface densities are not read",
 }

@@ -435,7 +435,12 @@ def test_selection_error_messages(deriv: DemoInfo) -> None:
         ({"participant_label": []}, UsageError, "participant label list is empty"),
         ({"run": "x"}, UsageError, "run 'x' is not a run number"),
         ({"space": "MNI/../x"}, UsageError, "is not a BIDS space label"),
-        ({"space": f"{SPACE}:cohort-1"}, UsageError, "only res-N is supported"),
+        (
+            {"space": f"{SPACE}:cohort-1"},
+            MissingInputError,
+            f"(cohorts present in {SPACE}: none (no cohort entity))",
+        ),
+        ({"space": f"{SPACE}:den-91k"}, UsageError, "give at most one cohort-C and one res-N"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error) as err:

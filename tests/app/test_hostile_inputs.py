@@ -15,6 +15,7 @@ import pytest
 from bids_spheres.app import discovery
 from bids_spheres.app.cli import main
 from bids_spheres.app.demo import DemoInfo
+from bids_spheres.errors import UsageError
 
 CopyDemo = Callable[[DemoInfo, Path], DemoInfo]
 
@@ -144,3 +145,63 @@ def test_deeply_nested_filter_file_is_a_usage_error(
         "[values]}}"
     ]
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- item 10 (TemplateFlow cohort)
+
+
+def _two_cohorts(data: Path) -> Path:
+    """Store every MNI152NLin2009cAsym file of ``data`` as MNIPediatricAsym cohort 1 and 2
+    (fMRIPrep's ``--output-spaces MNIPediatricAsym:cohort-1:res-2 ...:cohort-2:res-2``);
+    return a copy of the demo seeds without their ``Space`` sidecar."""
+    for path in sorted(data.glob("sub-*/func/*space-MNI152NLin2009cAsym_*")):
+        for cohort in ("1", "2"):
+            name = path.name.replace(
+                "space-MNI152NLin2009cAsym_", f"space-MNIPediatricAsym_cohort-{cohort}_res-2_"
+            )
+            path.with_name(name).write_bytes(path.read_bytes())
+        path.unlink()
+    seeds = data.parent / "seeds.tsv"
+    seeds.write_bytes((data / "code" / "demo_seeds.tsv").read_bytes())
+    return seeds
+
+
+def test_two_cohorts_are_two_spaces_not_a_duplicate(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seeds = _two_cohorts(data)
+    layout = discovery.make_layout(data, tmp_path / "db")
+    runs = discovery.collect_runs(layout, space="MNIPediatricAsym:res-2:cohort-2")
+    assert [r.entities.get("cohort") for r in runs] == ["2", "2"]
+    assert all("_cohort-2_res-2_desc-brain_mask" in r.mask.name for r in runs if r.mask)
+    assert all(r.mask is not None for r in runs)
+    with pytest.raises(UsageError) as err:
+        discovery.collect_runs(layout, space="MNIPediatricAsym")
+    assert "several cohorts for run sub-01_task-rest_run-1 (cohort-1:res-2, cohort-2:res-2)" in (
+        str(err.value)
+    )
+    assert "choose one with --space MNIPediatricAsym:cohort-1:res-2" in str(err.value)
+
+    out = tmp_path / "out"
+    argv = ["--seeds", str(seeds), "--space", "MNIPediatricAsym:cohort-1:res-2"]
+    code = main([str(data), str(out), "participant", "--work-dir", str(tmp_path / "w"), *argv])
+    assert code == 0, capsys.readouterr().err
+    # cohort is kept, in the BIDS schema entity order (sub, ses, cohort, ..., space, atlas, res)
+    assert sorted(p.name for p in out.glob("sub-*/func/*_timeseries.tsv")) == [
+        f"sub-{s}_cohort-1_task-rest_run-1_space-MNIPediatricAsym_atlas-seeds_res-2_"
+        "desc-simple_timeseries.tsv"
+        for s in ("01", "02")
+    ]
+    code = main([str(data), str(tmp_path / "o2"), "participant", "--seeds", str(seeds)])
+    assert code == 66  # the default space is absent, not "the same run stored twice"
+
+
+def test_space_modifiers_parse_cohort_and_res() -> None:
+    from bids_spheres.app.config import parse_space
+
+    assert parse_space("MNIPediatricAsym:cohort-1:res-2") == ("MNIPediatricAsym", "1", "2")
+    assert parse_space("MNIPediatricAsym:res-2:cohort-1") == ("MNIPediatricAsym", "1", "2")
+    assert parse_space("MNI152NLin2009cAsym") == ("MNI152NLin2009cAsym", None, None)
+    for bad in ("X:cohort-1:cohort-2", "X:cohort-", "X:den-91k", "X/Y:res-2"):
+        with pytest.raises(UsageError, match="is not valid; give a template name"):
+            parse_space(bad)
