@@ -28,6 +28,7 @@ returns a small frozen dataclass (or the values the next step needs):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -54,6 +55,7 @@ __all__ = [
     "SeedSpheres",
     "Signals",
     "extract",
+    "input_files",
     "mask_on_grid",
     "open_bold",
     "place_spheres",
@@ -183,25 +185,57 @@ def _steps(task: RunTask) -> RunResult:
 def plan(task: RunTask) -> Plan:
     """Output paths and parameters hash; ``finished`` when complete outputs carry that hash.
 
-    Removes the temporary files a killed earlier run left in the output folder.
+    The hash covers the settings, the strategy, the seeds, the repetition time
+    and a content stamp of every file of :func:`input_files` (see
+    :func:`_file_stamp`), so a corrected sidecar, another mask or a replaced
+    BOLD makes the run unfinished. Removes the temporary files a killed earlier
+    run left in the output folder.
     """
     config, run, seed_set, strategy = task.config, task.run, task.seeds, task.strategy
     strategy_label = outputs.to_label(strategy.name)
     paths = outputs.run_paths(
         config.output_dir, run.entities, atlas=seed_set.label, desc=strategy_label
     )
-    inputs = [run.bold, run.mask, run.confounds]
     params = {
         "version": __version__,
         "cleaning": config.cleaning_parameters(),
         "strategy": strategy.to_dict(),
         "seeds": seed_set.to_dataframe().to_dict(orient="list"),
-        "inputs": [_file_stamp(p) for p in inputs if p is not None],
+        "t_r": run.t_r,
+        "inputs": {
+            role: _file_stamp(path, run.fmriprep_root) for role, path in input_files(task).items()
+        },
     }
     digest = outputs.params_hash(params)
     outputs.remove_stale_temps(paths.directory)  # left by a killed earlier run
     finished = not config.overwrite and outputs.is_complete(paths, digest)
     return Plan(paths, digest, finished)
+
+
+def input_files(task: RunTask) -> dict[str, Path]:
+    """Every file whose content determines the run's numbers, by role.
+
+    ``bold`` (its header gives the grid), ``bold_read`` (the BOLD the strategy
+    reads when it is not ``bold``: fMRIPrep's ``desc-smoothAROMAnonaggr``),
+    ``sidecar`` (the BOLD's JSON), ``mask`` (the one ``--mask`` uses, found as
+    :func:`mask_on_grid` finds it, not loaded), ``confounds`` and
+    ``confounds_json``; absent files are left out. :func:`plan` hashes their
+    content and :func:`run_sidecar` lists them as ``Sources``.
+    """
+    config, run, strategy = task.config, task.run, task.strategy
+    files: dict[str, Path | None] = {"bold": run.bold}
+    if getattr(strategy, "requires_bold_desc", None):
+        files["bold_read"] = run.aroma_bold
+    files["sidecar"] = run.sidecar
+    if config.mask == "fmriprep":
+        files["mask"] = run.mask
+    elif config.mask != "none":
+        files["mask"] = Path(_mask_for(config, run)[0])
+    files["confounds"] = run.confounds
+    if run.confounds is not None:
+        beside = run.confounds.with_suffix(".json")  # the one confounds.select reads
+        files["confounds_json"] = beside if beside.is_file() else run.confounds_json
+    return {role: Path(path) for role, path in files.items() if path is not None}
 
 
 def open_bold(task: RunTask) -> reading.VolumeSource:
@@ -397,11 +431,7 @@ def run_sidecar(
     """The timeseries JSON: sources, seeds, volumes, denoising and cleaning provenance."""
     config, run, seed_set, strategy = task.config, task.run, task.seeds, task.strategy
     selection = nuisance.selection
-    sources = [
-        outputs.bids_uri(task.fmriprep_name, _relative(p, run.fmriprep_root))
-        for p in (signals.bold_input, run.mask, run.confounds)
-        if p is not None
-    ]
+    sources = [_source_uri(task, path) for path in input_files(task).values()]
     tsnr = signals.tsnr
     seed_info = {
         name: {
@@ -602,9 +632,43 @@ def _finite_or_none(value: Any) -> float | None:
     return float(value)
 
 
-def _file_stamp(path: Path) -> list[Any]:
-    st = os.stat(path)
-    return [str(path), st.st_size, st.st_mtime_ns]
+#: Files up to this size are stamped with the SHA-256 of their content.
+_HASHED_BYTES = 4 * 1024 * 1024
+
+
+def _file_stamp(path: Path, root: Path) -> list[Any]:
+    """A content stamp of one input file, independent of where the dataset is mounted.
+
+    ``[name, size, stamp]``; the name is relative to the fMRIPrep root (just the
+    file name for a file outside it: a ``--mask`` file, a TemplateFlow mask).
+    Files up to 4 MiB (sidecars, confounds, masks, small BOLD series): ``sha256:``
+    of the content. Bigger ``.gz`` files: ``gzip:`` and the gzip trailer (the
+    last 8 bytes: CRC-32 and length of the uncompressed data, a real checksum
+    of the data, read without decompressing). Bigger uncompressed files
+    (``.nii``): ``mtime:`` and the modification time in nanoseconds -- a
+    cheap stamp, not a checksum: a file rewritten with other data of the same
+    size keeps it only if its mtime is restored.
+    """
+    relative = _relative(path, root)
+    name = relative if not Path(relative).is_absolute() else Path(path).name
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size <= _HASHED_BYTES:
+            stamp = "sha256:" + hashlib.sha256(handle.read()).hexdigest()
+        elif Path(path).name.endswith(".gz"):
+            handle.seek(size - 8)
+            stamp = "gzip:" + handle.read(8).hex()
+        else:
+            stamp = f"mtime:{os.fstat(handle.fileno()).st_mtime_ns}"
+    return [name, size, stamp]
+
+
+def _source_uri(task: RunTask, path: Path) -> str:
+    """A BIDS URI into the fMRIPrep dataset, or a file URI for a file outside it."""
+    relative = _relative(path, task.run.fmriprep_root)
+    if Path(relative).is_absolute():
+        return Path(path).absolute().as_uri()
+    return outputs.bids_uri(task.fmriprep_name, relative)
 
 
 def _relative(path: Any, root: Path) -> str:

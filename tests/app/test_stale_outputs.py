@@ -1,0 +1,182 @@
+"""Reruns never keep stale or mismatched results; writers never follow links (issue 13).
+
+* what makes a run "finished": a content stamp of every input file that
+  determines its numbers (:func:`bids_spheres.app.run.input_files`);
+* a run's files form one unit: concurrent writers are serialized, the
+  timeseries JSON records the SHA-256 of the files written with it, and
+  :func:`bids_spheres.app.outputs.is_complete` checks them;
+* seeds without a declared space on a native-space run: a warning, logged
+  once and recorded in every run's sidecar;
+* symbolic links inside output_dir are never followed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_spheres.app import confounds, run, seeds
+from bids_spheres.app.cli import main
+from bids_spheres.app.config import RunConfig
+from bids_spheres.app.demo import DemoInfo
+from bids_spheres.app.discovery import RunInputs
+
+
+@pytest.fixture
+def small(demo_small: DemoInfo, copy_demo, tmp_path: Path) -> DemoInfo:
+    """A private copy of the smallest demo (1 subject, 1 run, 40 volumes)."""
+    return copy_demo(demo_small, tmp_path / "ds")
+
+
+def _func(root: Path, pattern: str) -> Path:
+    return next((root / "sub-01" / "func").glob(pattern))
+
+
+def _task(
+    root: Path, out: Path, *, mask: str = "fmriprep", strategy: str = "simple"
+) -> run.RunTask:
+    bold = _func(root, "*space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    prefix = bold.name.split("_desc-")[0]
+    aroma = bold.with_name(f"{prefix}_desc-smoothAROMAnonaggr_bold.nii.gz")
+    inputs = RunInputs(
+        bold=bold,
+        mask=bold.with_name(f"{prefix}_desc-brain_mask.nii.gz"),
+        confounds=_func(root, "*desc-confounds_timeseries.tsv"),
+        confounds_json=_func(root, "*desc-confounds_timeseries.json"),
+        t_r=2.0,
+        entities={"subject": "01", "task": "rest", "run": "1", "space": "MNI152NLin2009cAsym"},
+        sidecar=bold.with_name(f"{prefix}_desc-preproc_bold.json"),
+        fmriprep_root=root,
+        aroma_bold=aroma if aroma.exists() else None,
+    )
+    config = RunConfig(
+        bids_dir=root, output_dir=out, analysis_level="participant", work_dir=out / ".work",
+        mask=mask, denoise_strategy=strategy,
+    )  # fmt: skip
+    seed_set = seeds.load(root / "code" / "demo_seeds.tsv")
+    return run.RunTask(config, inputs, seed_set, confounds.load_strategy(strategy), "fmriprep")
+
+
+def _same_size_edit(path: Path) -> None:
+    """Change one byte of ``path`` keeping its size and modification time."""
+    st = path.stat()
+    blob = bytearray(path.read_bytes())
+    if path.name.endswith(".gz"):
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj).copy()
+        data.flat[data.size // 2] += 1
+        raw = nib.Nifti1Image(data, img.affine, img.header).to_bytes()
+        blob = bytearray(gzip.compress(raw, mtime=0))
+    else:
+        index = next(i for i in range(len(blob) - 1, -1, -1) if chr(blob[i]).isdigit())
+        blob[index] = ord("7") if blob[index] != ord("7") else ord("3")
+    path.write_bytes(bytes(blob))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# ------------------------------------------------------------- item 1: inputs
+
+
+@pytest.mark.parametrize(
+    ("role", "mask", "strategy"),
+    [
+        ("sidecar", "fmriprep", "simple"),
+        ("confounds_json", "fmriprep", "simple"),
+        ("confounds", "fmriprep", "simple"),
+        ("mask", "fmriprep", "simple"),
+        ("mask", "file", "simple"),
+        ("mask", "template", "simple"),
+        ("bold_read", "fmriprep", "aroma"),
+        ("bold", "fmriprep", "simple"),
+    ],
+)
+def test_every_input_file_is_in_the_parameters_hash(
+    small: DemoInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role, mask, strategy
+) -> None:
+    root = small.root
+    bold = _func(root, "*space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    fmriprep_mask = _func(root, "*space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz")
+    if strategy == "aroma":
+        prefix = bold.name.split("_desc-")[0]
+        shutil.copy2(bold, bold.with_name(f"{prefix}_desc-smoothAROMAnonaggr_bold.nii.gz"))
+    template = None
+    if mask == "file":
+        mask = str(shutil.copy2(fmriprep_mask, tmp_path / "mymask.nii.gz"))
+    elif mask == "template":
+        template = shutil.copy2(fmriprep_mask, tmp_path / "tpl-X_res-02_desc-brain_mask.nii.gz")
+        monkeypatch.setattr(run, "_template_mask", lambda space, res: Path(template))
+    task = _task(root, tmp_path / "out", mask=mask, strategy=strategy)
+    files = {
+        "bold": bold,
+        "bold_read": task.run.aroma_bold,
+        "sidecar": task.run.sidecar,
+        "mask": {"fmriprep": fmriprep_mask, "template": template}.get(task.config.mask, mask),
+        "confounds": task.run.confounds,
+        "confounds_json": task.run.confounds_json,
+    }
+    before = run.plan(task).digest
+    assert run.plan(task).digest == before  # nothing changed: same hash
+    _same_size_edit(Path(files[role]))
+    assert run.plan(task).digest != before, f"a new {role} left the hash unchanged"
+    # the same list names the run's sources
+    listed = run.input_files(task)
+    assert listed == {key: Path(value) for key, value in files.items() if value is not None}
+
+
+def test_hash_does_not_depend_on_where_the_dataset_is_mounted(
+    small: DemoInfo, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "mounted" / "elsewhere"
+    shutil.copytree(small.root, elsewhere)
+    a = run.plan(_task(small.root, tmp_path / "out")).digest
+    b = run.plan(_task(elsewhere, tmp_path / "out")).digest
+    assert a == b
+
+
+def test_big_gzip_images_are_stamped_by_their_trailer(
+    small: DemoInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the hashing size, a .nii.gz is stamped by CRC-32 + length of its data."""
+    monkeypatch.setattr(run, "_HASHED_BYTES", 0)
+    bold = _func(small.root, "*space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    raw = gzip.decompress(bold.read_bytes())
+    stamp = run._file_stamp(bold, small.root)
+    assert stamp[0] == bold.relative_to(small.root).as_posix()
+    assert stamp[2] == "gzip:" + bold.read_bytes()[-8:].hex()
+    bold.write_bytes(gzip.compress(raw, compresslevel=1))  # same data, other bytes
+    assert run._file_stamp(bold, small.root)[2] == stamp[2]
+    _same_size_edit(bold)  # other data
+    assert run._file_stamp(bold, small.root)[2] != stamp[2]
+
+
+def _cli(root: Path, out: Path, *extra: str) -> int:
+    return main(
+        [
+            str(root), str(out), "participant", "--seeds", str(root / "code" / "demo_seeds.tsv"),
+            "--work-dir", str(out.parent / "work"), "--min-volumes", "10", *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_rerun_after_a_corrected_repetition_time_rewrites_the_run(
+    small: DemoInfo, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert _cli(small.root, out) == 0
+    (written,) = out.glob("sub-01/func/*_timeseries.json")
+    assert json.loads(written.read_text())["RepetitionTime"] == 2.0
+    sidecar = _func(small.root, "*space-MNI152NLin2009cAsym_desc-preproc_bold.json")
+    content = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**content, "RepetitionTime": 2.5}))
+    assert _cli(small.root, out) == 0
+    meta = json.loads(written.read_text())
+    assert meta["RepetitionTime"] == 2.5
+    assert meta["SamplingFrequency"] == pytest.approx(0.4)
+    assert any(src.endswith(sidecar.name) for src in meta["Sources"])
