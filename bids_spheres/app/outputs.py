@@ -28,9 +28,14 @@ Promise
   path, the cause (disk full, not writable, ...) and the fix.
 * **Completeness marker.** :func:`write_run` writes the TSVs first and the
   timeseries JSON sidecar last, after removing any old one; the sidecar carries
-  ``ParametersHash`` (:func:`params_hash`), and :func:`is_complete` is true only
-  when both timeseries files exist and that hash matches, so a rerun skips
-  finished runs and redoes interrupted or differently-configured ones.
+  ``ParametersHash`` (:func:`params_hash`) and ``OutputChecksums`` (the SHA-256
+  of each file written with it), and :func:`is_complete` is true only when that
+  hash matches and every file it lists is there with that content, so a rerun
+  skips finished runs and redoes interrupted, differently-configured, mixed
+  (TSV of one job, JSON of another), corrupted or partly deleted ones. One
+  run's files are written under an exclusive :func:`fcntl.flock` on the
+  hidden ``.bids_spheres.lock`` of its folder: concurrent jobs writing the same
+  run leave one job's files, never a mix.
 * **Shared root files.** ``dataset_description.json``, ``.bidsignore`` and the
   seed tables are written under an exclusive :func:`fcntl.flock` on
   ``output_dir/.bids_spheres.lock`` (POSIX only), so participant jobs running
@@ -77,6 +82,7 @@ from bids_spheres.errors import DataError, OutputError
 __all__ = [
     "BIDSIGNORE_PATTERNS",
     "BIDS_VERSION",
+    "CHECKSUMS_KEY",
     "DATASET_NAME",
     "ENTITY_ORDER",
     "LOCK_NAME",
@@ -109,6 +115,8 @@ PIPELINE_NAME = "bids_spheres"
 DATASET_NAME = "bids_spheres sphere timeseries"
 #: Lock file taken by every writer of a root-level file (hidden, and in .bidsignore).
 LOCK_NAME = ".bids_spheres.lock"
+#: Key of the timeseries sidecar holding the SHA-256 of the files written with it.
+CHECKSUMS_KEY = "OutputChecksums"
 #: ``meas-`` value of the relationship matrix files.
 RELMAT_MEASURE = "PearsonCorrelation"
 #: Lines :func:`write_bidsignore` makes sure ``.bidsignore`` holds: files that
@@ -581,7 +589,14 @@ def write_run(
     Order: remove the old timeseries JSON, write the timeseries TSV, the
     relmat TSV and JSON (or remove stale relmat files when ``relmat`` is
     None), fsync the run's folder once, then write the timeseries JSON and
-    fsync the folder again. Every file is fsynced before its rename; the
+    fsync the folder again. The timeseries JSON is written with
+    :data:`CHECKSUMS_KEY` added: the SHA-256 of every data file written with
+    it, by file name (what :func:`is_complete` checks). The whole sequence runs
+    under an exclusive :func:`fcntl.flock` on the hidden lock file
+    :data:`LOCK_NAME` of the run's folder, so two jobs writing the same run
+    at once leave the pair of one of them, never a mix.
+
+    Every file is fsynced before its rename; the
     folder is fsynced twice per run rather than after each file: once so that
     the data files' renames (and the old marker's removal) are on disk before
     the new marker can be, once so that the marker is.
@@ -626,21 +641,31 @@ def write_run(
     if relmat is not None and np.shape(relmat) != (len(names), len(names)):
         raise ValueError(f"relmat of shape {np.shape(relmat)} is not {len(names)} x {len(names)}")
 
-    _remove(paths.timeseries_json)
-    timeseries_text = _render_matrix_tsv(paths.timeseries_tsv, names, data)
-    atomic_write_text(paths.timeseries_tsv, timeseries_text, fsync_dir=False)
+    texts = {paths.timeseries_tsv: _render_matrix_tsv(paths.timeseries_tsv, names, data)}
     if relmat is not None:
-        relmat_text = _render_matrix_tsv(paths.relmat_tsv, names, np.asarray(relmat))
-        atomic_write_text(paths.relmat_tsv, relmat_text, fsync_dir=False)
-        atomic_write_text(paths.relmat_json, _render_json(relmat_sidecar), fsync_dir=False)
-    else:
-        _remove(paths.relmat_tsv)
-        _remove(paths.relmat_json)
-    try:
-        _fsync_dir(paths.directory)  # the data files are on disk before the marker can be
-    except OSError as exc:
-        raise _output_error(paths.directory, exc) from exc
-    write_json(paths.timeseries_json, sidecar)
+        texts[paths.relmat_tsv] = _render_matrix_tsv(paths.relmat_tsv, names, np.asarray(relmat))
+        texts[paths.relmat_json] = _render_json(relmat_sidecar)
+    data_files = {path: text.encode("utf-8") for path, text in texts.items()}
+    marker = _render_json(
+        {
+            **sidecar,
+            CHECKSUMS_KEY: {path.name: _sha256(blob) for path, blob in data_files.items()},
+        }
+    )
+
+    _make_dirs(paths.directory)
+    with _locked(paths.directory / LOCK_NAME):  # one writer of the run's files at a time
+        _remove(paths.timeseries_json)
+        for path, blob in data_files.items():
+            atomic_write_bytes(path, blob, fsync_dir=False)
+        if relmat is None:
+            _remove(paths.relmat_tsv)
+            _remove(paths.relmat_json)
+        try:
+            _fsync_dir(paths.directory)  # the data files are on disk before the marker can be
+        except OSError as exc:
+            raise _output_error(paths.directory, exc) from exc
+        atomic_write_text(paths.timeseries_json, marker)
 
 
 def is_complete(paths: RunPaths, params_hash: str) -> bool:
@@ -656,16 +681,32 @@ def is_complete(paths: RunPaths, params_hash: str) -> bool:
     Returns
     -------
     bool
-        True when the timeseries TSV and JSON exist, the JSON parses to an
-        object and its ``"ParametersHash"`` equals ``params_hash``.
+        True when the timeseries JSON parses to an object, its
+        ``"ParametersHash"`` equals ``params_hash``, and its
+        :data:`CHECKSUMS_KEY` names the timeseries TSV and gives the SHA-256 of
+        every file it names (the TSVs and relmat JSON written with it), each
+        present with that content: a TSV of another job, a corrupted or a
+        deleted file makes the run unfinished.
     """
-    if not paths.timeseries_tsv.is_file():
-        return False
     try:
         sidecar = json.loads(paths.timeseries_json.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(sidecar, dict) and sidecar.get("ParametersHash") == params_hash
+    if not isinstance(sidecar, dict) or sidecar.get("ParametersHash") != params_hash:
+        return False
+    checksums = sidecar.get(CHECKSUMS_KEY)
+    if not isinstance(checksums, dict) or paths.timeseries_tsv.name not in checksums:
+        return False
+    for name, digest in checksums.items():
+        if not isinstance(name, str) or "/" in name or name in (".", ".."):
+            return False
+        try:
+            content = (paths.directory / name).read_bytes()
+        except OSError:
+            return False
+        if _sha256(content) != digest:
+            return False
+    return True
 
 
 # ------------------------------------------------------------ dataset root
@@ -696,19 +737,8 @@ def dataset_lock(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
     """
     root = Path(output_dir)
     _make_dirs(root)
-    lock_path = root / LOCK_NAME
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise _output_error(lock_path, exc) from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            raise _output_error(lock_path, exc) from exc
+    with _locked(root / LOCK_NAME):
         yield root
-    finally:
-        os.close(fd)
 
 
 def write_dataset_description(
@@ -1095,6 +1125,27 @@ def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
         except FileNotFoundError:
             pass
     return removed
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if needed, left in place)."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise _output_error(lock_path, exc) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise _output_error(lock_path, exc) from exc
+        yield
+    finally:
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -459,7 +459,7 @@ def run_sidecar(
         "Mask": mask.description,
         "Seeds": seed_info,
         "MissingSeeds": signals.missing,
-        "Warnings": signals.warnings,
+        "Warnings": [*seeds.check_space(seed_set, config.space), *signals.warnings],
         "NumberOfVolumes": source.n_volumes,
         "KeptVolumes": signals.kept.tolist(),
         "NonSteadyStateVolumes": (

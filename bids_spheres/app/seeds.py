@@ -20,7 +20,8 @@ with a one-line message naming the file, the line, the value and the fix:
 * a JSON sidecar with the same stem (``seeds.tsv`` -> ``seeds.json``) may
   declare ``Space`` (the coordinates' space, e.g. ``MNI152NLin2009cAsym``, or
   generic ``MNI152``) and ``Citation`` (or ``Reference``). Without it the
-  space is unknown (``None``) and any run space is accepted.
+  space is unknown (``None``) and any run space is accepted (on a subject's own
+  space, such as ``T1w``, with a warning: see :func:`check_space`).
 * a missing file raises :class:`~bids_spheres.errors.MissingInputError`
   listing the built-in set names.
 
@@ -273,10 +274,16 @@ def load(spec: str | os.PathLike[str], default_radius: float | None = None) -> S
     )
 
 
-def check_space(seeds: SeedSet, run_space: str) -> None:
-    """Check that seeds may be placed on a run in ``run_space``.
+def check_space(seeds: SeedSet, run_space: str) -> list[str]:
+    """Check that seeds may be placed on a run in ``run_space``; return the warnings.
 
-    Seeds of unknown space (``None``) are accepted on any run. Seeds in a
+    Seeds of unknown space (``None``) are accepted on any run; on a subject's
+    own space (:data:`NATIVE_SPACES`, e.g. ``T1w``) with a warning (returned,
+    not logged: the caller logs it once per job and records it in each run's
+    sidecar): their coordinates are taken as that subject's, which is wrong
+    for template coordinates. A warning, not an error: the README makes the
+    seeds' ``Space`` sidecar optional, and native coordinates are a legitimate
+    use. Seeds in a
     generic MNI space (``MNI152`` or ``MNI``) match every run space starting
     with ``MNI152`` (``MNI152NLin2009cAsym``, ``MNI152NLin6Asym``, ...). Any
     other seed space must equal the run space exactly. A run space written
@@ -289,19 +296,31 @@ def check_space(seeds: SeedSet, run_space: str) -> None:
         The ``space`` entity of the run's BOLD file, e.g. ``MNI152NLin6Asym``
         or ``T1w``.
 
+    Returns
+    -------
+    list of str
+        Warnings, one line each; empty when there is nothing to say.
+
     Raises
     ------
     DataError
         If the spaces do not match; the message says why and how to fix it.
     """
-    if seeds.space is None:
-        return
     run = str(run_space).split(":", 1)[0]
+    if seeds.space is None:
+        if run not in NATIVE_SPACES:
+            return []
+        return [
+            f"seeds {str(seeds.source)!r} declare no Space (no JSON sidecar with 'Space'), "
+            f"so their coordinates are used as {run} coordinates of each subject; if they are "
+            "template (MNI) coordinates, run with --space MNI152NLin2009cAsym, otherwise "
+            f"declare Space {run!r} in the seeds' sidecar"
+        ]
     generic = seeds.space.upper() in GENERIC_MNI
     if generic and run.startswith("MNI152"):
-        return
+        return []
     if not generic and seeds.space == run:
-        return
+        return []
     where = f"seeds {str(seeds.source)!r} (Space {seeds.space!r} in their sidecar)"
     template = "MNI152NLin2009cAsym" if generic else seeds.space
     fix = (

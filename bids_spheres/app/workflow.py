@@ -52,7 +52,8 @@ def participant(config: RunConfig) -> int:
             "--session-label, --run and --bids-filter-file"
         )
     seed_set = seeds.load(config.seeds)  # radii filled per run: the table stays stable
-    seeds.check_space(seed_set, config.space)
+    for message in seeds.check_space(seed_set, config.space):
+        log.warning(message)  # once per job; each run's sidecar records it too
     strategy = confounds.load_strategy(config.denoise_strategy)
     log.info(
         "%d run(s) selected in %s; %d seeds (%s), strategy %s",

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +24,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_spheres.app import confounds, run, seeds
+from bids_spheres.app import confounds, outputs, run, seeds
 from bids_spheres.app.cli import main
 from bids_spheres.app.config import RunConfig
 from bids_spheres.app.demo import DemoInfo
@@ -180,3 +182,106 @@ def test_rerun_after_a_corrected_repetition_time_rewrites_the_run(
     assert meta["RepetitionTime"] == 2.5
     assert meta["SamplingFrequency"] == pytest.approx(0.4)
     assert any(src.endswith(sidecar.name) for src in meta["Sources"])
+
+
+# -------------------------------------------- item 2 / 18: one unit, verified
+
+
+def _pair(seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((200, 6)).astype(np.float32)
+    return table, np.corrcoef(table.T), outputs.params_hash({"job": seed})
+
+
+def _writer(root: str, seed: int, start, rounds: int) -> None:
+    paths = outputs.run_paths(root, {"subject": "01", "task": "rest"}, atlas="A", desc="d")
+    table, relmat, digest = _pair(seed)
+    names = [f"s{i}" for i in range(table.shape[1])]
+    start.wait()
+    for _ in range(rounds):
+        outputs.write_run(
+            paths, table, names, {"ParametersHash": digest}, relmat=relmat, relmat_sidecar={}
+        )
+
+
+def test_concurrent_writers_of_one_run_leave_one_pair(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    paths = outputs.run_paths(tmp_path, {"subject": "01", "task": "rest"}, atlas="A", desc="d")
+    expected = {}
+    for seed in (1, 2):
+        table, _, digest = _pair(seed)
+        names = [f"s{i}" for i in range(table.shape[1])]
+        expected[digest] = outputs._render_matrix_tsv(paths.timeseries_tsv, names, table)
+    mixed, unverified = [], []
+    for trial in range(40):
+        start = context.Barrier(2)
+        jobs = [
+            context.Process(target=_writer, args=(str(tmp_path), seed, start, 8))
+            for seed in (1, 2)
+        ]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(60)
+            assert job.exitcode == 0
+        meta = json.loads(paths.timeseries_json.read_text())
+        tsv = paths.timeseries_tsv.read_bytes()
+        if tsv.decode() != expected[meta["ParametersHash"]]:
+            mixed.append(trial)  # the TSV of one job beside the JSON of the other
+        record = meta.get("OutputChecksums", {})
+        if record.get(paths.timeseries_tsv.name) != hashlib.sha256(tsv).hexdigest():
+            unverified.append(trial)
+        elif not outputs.is_complete(paths, meta["ParametersHash"]):
+            unverified.append(trial)
+    assert mixed == [], f"{len(mixed)} of 40 trials left a mixed pair"
+    assert unverified == []
+
+
+@pytest.mark.parametrize("damage", ["other_tsv", "corrupt_tsv", "no_relmat", "corrupt_relmat"])
+def test_a_damaged_or_mismatched_run_is_not_complete(tmp_path: Path, damage: str) -> None:
+    paths = outputs.run_paths(tmp_path, {"subject": "01", "task": "rest"}, atlas="A", desc="d")
+    table, relmat, digest = _pair(1)
+    names = [f"s{i}" for i in range(table.shape[1])]
+    outputs.write_run(
+        paths, table, names, {"ParametersHash": digest}, relmat=relmat, relmat_sidecar={}
+    )
+    assert outputs.is_complete(paths, digest)
+    if damage == "other_tsv":
+        other = _pair(2)[0]
+        paths.timeseries_tsv.write_text(
+            outputs._render_matrix_tsv(paths.timeseries_tsv, names, other)
+        )
+    elif damage == "corrupt_tsv":
+        text = paths.timeseries_tsv.read_text()
+        paths.timeseries_tsv.write_text(text[: len(text) // 2])
+    elif damage == "no_relmat":
+        paths.relmat_tsv.unlink()
+    else:
+        paths.relmat_tsv.write_text("s0\n1\n")
+    assert not outputs.is_complete(paths, digest)
+
+
+def test_a_deleted_relmat_is_written_again_on_rerun(small: DemoInfo, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _cli(small.root, out) == 0
+    (relmat,) = out.glob("sub-01/func/*_relmat.tsv")
+    content = relmat.read_bytes()
+    relmat.unlink()
+    assert _cli(small.root, out) == 0
+    assert relmat.read_bytes() == content
+
+
+def test_seeds_without_space_on_a_native_run_warn_once_and_in_the_sidecar(
+    small: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seeds_tsv = tmp_path / "nospace_seeds.tsv"  # no JSON sidecar: space unknown
+    shutil.copy(small.root / "code" / "demo_seeds.tsv", seeds_tsv)
+    out = tmp_path / "out"
+    code = _cli(small.root, out, "--seeds", str(seeds_tsv), "--space", "T1w",
+                "--min-coverage", "0", "--allow-overlap")  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert err.count("declare no Space") == 1
+    (written,) = out.glob("sub-01/func/*space-T1w*_timeseries.json")
+    warnings = json.loads(written.read_text())["Warnings"]
+    assert any("declare no Space" in w and "--space MNI152NLin2009cAsym" in w for w in warnings)
