@@ -99,11 +99,18 @@ class RunConfig:
         """Build and cross-check a RunConfig from ``build_parser().parse_args()``."""
         bids_dir = Path(args.bids_dir).absolute()
         output_dir = Path(args.output_dir).absolute()
-        if output_dir == bids_dir:
-            raise UsageError(
-                f"output_dir {output_dir} is the input dataset itself; write the derivatives "
-                f"elsewhere, e.g. {bids_dir}/derivatives/bids_spheres"
-            )
+        # resolved (links followed) and before anything is created: a link to the input
+        # given as output_dir must not get a .work folder inside the input
+        inputs = [bids_dir] + ([Path(args.derivatives)] if args.derivatives else [])
+        for given in inputs:
+            resolved = output_dir.resolve()
+            if resolved == given.resolve():
+                link = "" if resolved == output_dir else f" (a link to {resolved})"
+                raise UsageError(
+                    f"output_dir {output_dir}{link} is the input dataset {given.absolute()} "
+                    f"itself; write the derivatives elsewhere, e.g. "
+                    f"{bids_dir}/derivatives/bids_spheres"
+                )
         if (
             args.high_pass is not None
             and args.low_pass is not None

@@ -36,6 +36,11 @@ Promise
   run's files are written under an exclusive :func:`fcntl.flock` on the
   hidden ``.bids_spheres.lock`` of its folder: concurrent jobs writing the same
   run leave one job's files, never a mix.
+* **No links followed.** :func:`write_run` refuses (:class:`~bids_spheres.errors.OutputError`)
+  to write when a folder between the output directory and the run's folder is
+  a symbolic link, temporary files are created with ``O_NOFOLLOW`` and
+  renamed over the target (replacing a link, never writing through it), and
+  :func:`remove_stale_temps` never follows a link out of the output directory.
 * **Shared root files.** ``dataset_description.json``, ``.bidsignore`` and the
   seed tables are written under an exclusive :func:`fcntl.flock` on
   ``output_dir/.bids_spheres.lock`` (POSIX only), so participant jobs running
@@ -69,6 +74,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
@@ -594,7 +600,10 @@ def write_run(
     it, by file name (what :func:`is_complete` checks). The whole sequence runs
     under an exclusive :func:`fcntl.flock` on the hidden lock file
     :data:`LOCK_NAME` of the run's folder, so two jobs writing the same run
-    at once leave the pair of one of them, never a mix.
+    at once leave the pair of one of them, never a mix. No file is written
+    through a symbolic link: a link among the folders between the output
+    directory (the parent of the ``sub-*`` folder) and the run's folder is an
+    :class:`OutputError`.
 
     Every file is fsynced before its rename; the
     folder is fsynced twice per run rather than after each file: once so that
@@ -653,7 +662,7 @@ def write_run(
         }
     )
 
-    _make_dirs(paths.directory)
+    _make_dirs_inside(_run_root(paths.directory), paths.directory)
     with _locked(paths.directory / LOCK_NAME):  # one writer of the run's files at a time
         _remove(paths.timeseries_json)
         for path, blob in data_files.items():
@@ -1090,7 +1099,7 @@ def _open_temp(target: Path) -> tuple[int, Path]:
     tag = f"tmp-{_HOST}-{os.getpid()}-"
     if len(f".{stem}.{tag}00000000".encode()) > _NAME_MAX:
         stem = stem[: _NAME_MAX // 2]
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     for _ in range(100):
         tmp = target.with_name(f".{stem}.{tag}{secrets.token_hex(4)}")
         try:
@@ -1100,35 +1109,91 @@ def _open_temp(target: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "could not create a unique temporary file", str(target))
 
 
-def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
+def remove_stale_temps(
+    directory: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None
+) -> list[Path]:
     """Delete temporary files in ``directory`` left by dead processes of this host.
 
     Returns the paths removed. Temporary files of live processes, and of other
-    hosts, are left alone.
+    hosts, are left alone. Symbolic links are never followed: with ``root``
+    (the output directory holding ``directory``), nothing is removed when a
+    folder from below ``root`` down to ``directory`` is a link; entries are
+    removed in the folder opened (a temporary-named link is removed itself,
+    not what it points to).
     """
     removed: list[Path] = []
     directory = Path(directory)
-    if not directory.is_dir():
+    top = directory if root is None else Path(root)
+    if _link_below(top, directory) is not None:
         return removed
-    for path in directory.iterdir():
-        match = _TEMP_RE.match(path.name)
-        if not match or match["host"] != _HOST:
-            continue
-        pid = int(match["pid"])
-        if pid != os.getpid() and _pid_alive(pid):
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            path.unlink()
-            removed.append(path)
-        except FileNotFoundError:
-            pass
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    if directory != top:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(directory, flags)
+    except OSError:
+        return removed
+    try:
+        for name in os.listdir(fd):
+            match = _TEMP_RE.match(name)
+            if not match or match["host"] != _HOST:
+                continue
+            pid = int(match["pid"])
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+            try:
+                os.unlink(name, dir_fd=fd)
+                removed.append(directory / name)
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                pass
+    finally:
+        os.close(fd)
     return removed
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _run_root(directory: Path) -> Path:
+    """The output directory holding a run's folder: the parent of its ``sub-*`` folder."""
+    for parent in (directory, *directory.parents):
+        if parent.name.startswith("sub-"):
+            return parent.parent
+    return directory
+
+
+def _link_below(root: Path, directory: Path) -> Path | None:
+    """The first existing symbolic link among the folders below ``root`` down to ``directory``."""
+    try:
+        parts = directory.relative_to(root).parts
+    except ValueError:
+        return None
+    current = root
+    for part in parts:
+        current = current / part
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return current
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return None
+    return None
+
+
+def _make_dirs_inside(root: Path, directory: Path) -> None:
+    """Create ``directory`` below ``root``, refusing to go through a symbolic link."""
+    for check in (True, False):  # before creating anything, and after (a link made meanwhile)
+        link = _link_below(root, directory)
+        if link is not None:
+            raise OutputError(
+                f"cannot write in {directory}: {link} is a symbolic link inside the output "
+                f"directory {root}, and outputs are never written through links; replace the "
+                "link by a folder or choose another output directory"
+            )
+        if check:
+            _make_dirs(directory)
 
 
 @contextlib.contextmanager

@@ -207,7 +207,8 @@ def plan(task: RunTask) -> Plan:
         },
     }
     digest = outputs.params_hash(params)
-    outputs.remove_stale_temps(paths.directory)  # left by a killed earlier run
+    # left by a killed earlier run; never through a link out of output_dir
+    outputs.remove_stale_temps(paths.directory, root=config.output_dir)
     finished = not config.overwrite and outputs.is_complete(paths, digest)
     return Plan(paths, digest, finished)
 

@@ -18,6 +18,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -29,6 +31,7 @@ from bids_spheres.app.cli import main
 from bids_spheres.app.config import RunConfig
 from bids_spheres.app.demo import DemoInfo
 from bids_spheres.app.discovery import RunInputs
+from bids_spheres.errors import OutputError
 
 
 @pytest.fixture
@@ -285,3 +288,41 @@ def test_seeds_without_space_on_a_native_run_warn_once_and_in_the_sidecar(
     (written,) = out.glob("sub-01/func/*space-T1w*_timeseries.json")
     warnings = json.loads(written.read_text())["Warnings"]
     assert any("declare no Space" in w and "--space MNI152NLin2009cAsym" in w for w in warnings)
+
+
+# ---------------------------------------------------------- item 14: links
+
+
+def test_a_linked_run_folder_is_not_written_through(small: DemoInfo, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (out / "sub-01").mkdir(parents=True)
+    (out / "sub-01" / "func").symlink_to(outside)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    victim = outside / f".important.tsv.tmp-{outputs._HOST}-{int(dead.stdout)}-0123abcd"
+    victim.write_text("not ours")
+    assert _cli(small.root, out) == 1  # the run fails, with its reason
+    assert sorted(p.name for p in outside.iterdir()) == [victim.name]
+    assert victim.read_text() == "not ours"
+
+    paths = outputs.run_paths(out, {"subject": "01", "task": "rest"}, atlas="A", desc="d")
+    table, _, digest = _pair(1)
+    with pytest.raises(OutputError, match="symbolic link"):
+        outputs.write_run(paths, table, [f"s{i}" for i in range(6)], {"ParametersHash": digest})
+    assert outputs.remove_stale_temps(paths.directory, root=out) == []
+    assert sorted(p.name for p in outside.iterdir()) == [victim.name]
+
+
+def test_output_dir_linking_to_the_input_is_refused_before_anything_is_created(
+    small: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(small.root)
+    before = sorted(p.name for p in small.root.iterdir())
+    assert main([str(small.root), str(link), "participant"]) == 64
+    assert "is the input dataset" in capsys.readouterr().err
+    assert sorted(p.name for p in small.root.iterdir()) == before
