@@ -360,8 +360,11 @@ def make_layout(
             "fMRIPrep wrote its outputs to"
         )
     root = root.resolve()
+    scan = _scan_inputs(root)
+    for _, reason in scan.skipped:
+        log.warning("%s", reason)
     if database_dir is None:
-        return _index(root, None)
+        return _index(root, None, scan.ignore)
 
     db_dir = Path(database_dir).resolve()
     for guard in (root, *(Path(p).resolve() for p in input_dirs)):
@@ -373,11 +376,11 @@ def make_layout(
     import bids
 
     key = _digest(str(root), str(INDEX_VERSION), bids.__version__)
-    name = f"pybids-{key}-{_fingerprint(root)}"
+    name = f"pybids-{key}-{scan.fingerprint}"
     final = db_dir / name
     db_file = final / "layout_index.sqlite"
     if db_file.is_file() and not reset:
-        return _index(root, final)
+        return _index(root, final, scan.ignore)
     try:
         db_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -387,7 +390,7 @@ def make_layout(
         ) from err
     with _exclusive_lock(db_dir / f".{name}.lock"):
         if db_file.is_file() and not reset:  # another process built it while we waited
-            return _index(root, final)
+            return _index(root, final, scan.ignore)
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=db_dir))
         except OSError as err:
@@ -396,7 +399,7 @@ def make_layout(
                 "a writable --work-dir"
             ) from err
         try:
-            building = _index(root, tmp)
+            building = _index(root, tmp, scan.ignore)
             building.session.close()
             building.connection_manager.engine.dispose()
             del building
@@ -408,7 +411,7 @@ def make_layout(
             ) from err
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return _index(root, final)
+    return _index(root, final, scan.ignore)
 
 
 def list_subjects(layout: BIDSLayout) -> list[str]:
@@ -492,8 +495,8 @@ def collect_runs(
     subjects_present = list_subjects(layout)
     if not subjects_present:
         raise MissingInputError(
-            f"no sub-* folders with functional outputs under {root}; point bids_dir (or "
-            "--derivatives) at the folder fMRIPrep wrote"
+            f"no sub-* folders with functional outputs under {root}{_unreadable_note(root)}; "
+            "point bids_dir (or --derivatives) at the folder fMRIPrep wrote"
         )
     if participant_label is not None:
         wanted = _labels("participant label", participant_label, "subject")
@@ -501,7 +504,8 @@ def collect_runs(
         if missing:
             raise MissingInputError(
                 f"participant(s) {', '.join(missing)} not found under {root} (subjects present: "
-                f"{_preview(subjects_present)}); give labels from that list"
+                f"{_preview(subjects_present)}){_unreadable_note(root)}; give labels from that "
+                "list"
             )
         options["subject"] = wanted
     if session_label is not None:
@@ -627,14 +631,60 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
-def _fingerprint(root: Path) -> str:
-    """Hash of the names, sizes and mtimes of every file the index would hold."""
+@dataclass(frozen=True)
+class _Scan:
+    """What :func:`_scan_inputs` found: the files to index and the folders left out."""
+
+    records: tuple[str, ...]
+    """``relative name \0 size \0 mtime`` of every file the index would hold, sorted."""
+    skipped: tuple[tuple[str, str], ...]
+    """``(relative folder, one-line warning)``: unreadable folders, folders named like files."""
+
+    @property
+    def ignore(self) -> tuple[str, ...]:
+        """The skipped folders, relative to the root, for pybids' ``ignore``."""
+        return tuple(rel for rel, _ in self.skipped)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the records and the skipped folders: any change gives a fresh index."""
+        return _digest(*self.records, *(f"skipped\0{rel}" for rel, _ in self.skipped))
+
+
+def _scan_inputs(root: Path) -> _Scan:
+    """Walk the folders the index covers, the way pybids will, before pybids does.
+
+    A folder that cannot be listed (no permission, I/O error) is left out of the
+    index with a warning naming it -- pybids would otherwise fail on it half way,
+    and the error was blamed on the work directory -- and so is a folder named
+    like an indexed file (e.g. ``..._bold.nii.gz/``).  A broken symlink or a loop
+    is recorded by its own ``lstat`` (see :func:`_faulty_files` for what a run
+    does with it).
+
+    Raises
+    ------
+    MissingInputError
+        If ``root`` itself cannot be listed.
+    """
     records: list[str] = []
+    skipped: list[tuple[str, str]] = []
 
     def scan(folder: Path, rel: str, depth: int) -> None:
         try:
-            entries = list(os.scandir(folder))
-        except OSError:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            if not rel:
+                raise MissingInputError(
+                    f"cannot read the fMRIPrep folder {root} ({err.strerror}); fix its "
+                    "permissions (e.g. chmod a+rX) or give another folder"
+                ) from err
+            skipped.append(
+                (
+                    rel.rstrip("/"),
+                    f"cannot read the folder {rel.rstrip('/')} ({err.strerror}); its runs are "
+                    "skipped -- fix its permissions (e.g. chmod a+rX) to include them",
+                )
+            )
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -644,14 +694,33 @@ def _fingerprint(root: Path) -> str:
             except OSError:  # a broken symlink (un-fetched annex file) or a loop: its link
                 is_dir, st = False, entry.stat(follow_symlinks=False)
             if is_dir:
-                if depth < 3 and _INDEX_LEVEL.match(entry.name):
+                if _KEPT_FILE.search(entry.name):
+                    skipped.append(
+                        (
+                            f"{rel}{entry.name}",
+                            f"{rel}{entry.name} is a folder, not a file; ignored -- remove or "
+                            "rename it",
+                        )
+                    )
+                elif depth < 3 and _INDEX_LEVEL.match(entry.name):
                     scan(Path(entry.path), f"{rel}{entry.name}/", depth + 1)
             elif _KEPT_FILE.search(entry.name) or (rel == "" and entry.name.endswith(".json")):
                 records.append(f"{rel}{entry.name}\0{st.st_size}\0{st.st_mtime_ns}")
 
     scan(root, "", 0)
-    records.sort()
-    return _digest(*records)
+    return _Scan(tuple(sorted(records)), tuple(skipped))
+
+
+def _unreadable_note(root: Path) -> str:
+    """``"; folders that could not be read: ..."`` for an error saying nothing was found."""
+    try:
+        skipped = [reason for _, reason in _scan_inputs(root).skipped]
+    except MissingInputError as err:
+        return f"; {err}"
+    unreadable = [r.split(";")[0] for r in skipped if r.startswith("cannot read")]
+    if not unreadable:
+        return ""
+    return f" ({'; '.join(unreadable)}: fix its permissions, e.g. chmod a+rX)"
 
 
 @contextlib.contextmanager
@@ -693,16 +762,16 @@ def _publish(tmp: Path, final: Path, *, replace: bool) -> None:
             raise
 
 
-def _indexer() -> BIDSLayoutIndexer:
+def _indexer(skipped: Sequence[str] = ()) -> BIDSLayoutIndexer:
     from bids.layout import BIDSLayoutIndexer
 
     # Sidecar metadata is resolved on demand for the selected runs (see _sidecar_chains):
     # pybids' metadata pass loads every file's tags one query at a time and took two
     # thirds of the indexing time of a 500-subject dataset.
-    return BIDSLayoutIndexer(validate=False, ignore=[_IGNORE], index_metadata=False)
+    return BIDSLayoutIndexer(validate=False, ignore=[_IGNORE, *skipped], index_metadata=False)
 
 
-def _index(root: Path, database_path: Path | None) -> BIDSLayout:
+def _index(root: Path, database_path: Path | None, skipped: Sequence[str] = ()) -> BIDSLayout:
     from bids.layout import BIDSLayout
 
     return BIDSLayout(
@@ -711,7 +780,7 @@ def _index(root: Path, database_path: Path | None) -> BIDSLayout:
         is_derivative=True,
         config=list(_CONFIG),
         database_path=database_path,
-        indexer=_indexer(),
+        indexer=_indexer(skipped),
     )
 
 
@@ -818,8 +887,9 @@ def _explain_empty(
     who = f" for sub-{_preview(options['subject'])}" if subjects else ""
     if not _get(layout, **base, **subjects):
         raise MissingInputError(
-            f"no *_desc-preproc_bold.nii[.gz] under {root}{who}; check that fMRIPrep finished "
-            "and that bids_dir (or --derivatives) points at its output folder"
+            f"no *_desc-preproc_bold.nii[.gz] under {root}{who}{_unreadable_note(root)}; check "
+            "that fMRIPrep finished and that bids_dir (or --derivatives) points at its output "
+            "folder"
         )
     if not _get(layout, **base, **subjects, space=grid["space"]):
         spaces = values("space", **base, **subjects)

@@ -205,3 +205,83 @@ def test_space_modifiers_parse_cohort_and_res() -> None:
     for bad in ("X:cohort-1:cohort-2", "X:cohort-", "X:den-91k", "X/Y:res-2"):
         with pytest.raises(UsageError, match="is not valid; give a template name"):
             parse_space(bad)
+
+
+# ---------------------------------------------------------------- item 12 (unreadable folder)
+
+
+@pytest.fixture
+def unreadable_func(data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``sub-02/func`` of ``data`` as a ``chmod 000`` folder looks to an ordinary user.
+
+    Tests run as root, which lists and enters any folder, so listing the folder
+    (``os.scandir``) and reaching anything inside it (``os.stat``, what
+    ``Path.exists`` calls) raise the ``PermissionError`` a user gets.  The indexing
+    child is forked and inherits the patch.
+    """
+    denied = data / "sub-02" / "func"
+    prefix = f"{denied}/"
+    scandir, stat = os.scandir, os.stat
+
+    def refuse(path: object) -> None:
+        text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+        if text.rstrip("/") == str(denied) or text.startswith(prefix):
+            raise PermissionError(13, "Permission denied", text)
+
+    def guarded_scandir(path: object = ".") -> object:
+        refuse(path)
+        return scandir(path)  # type: ignore[arg-type]
+
+    def guarded_stat(path: object, *args: object, **kwargs: object) -> object:
+        text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+        if text.startswith(prefix):
+            refuse(path)
+        return stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", guarded_scandir)
+    monkeypatch.setattr(os, "stat", guarded_stat)
+    return denied
+
+
+def test_unreadable_func_folder_skips_its_runs_with_a_warning(
+    data: Path, unreadable_func: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="bids_spheres"):
+        layout = discovery.make_layout(data, tmp_path / "db")
+        runs = discovery.collect_runs(layout)
+    assert [r.label for r in runs] == ["sub-01_task-rest_run-1"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot read the folder sub-02/func (Permission denied); its runs are skipped -- fix "
+        "its permissions (e.g. chmod a+rX) to include them"
+    ]
+    assert _run(data, tmp_path / "out") == 0
+    assert _written(tmp_path / "out") == ["sub-01"]
+
+
+def test_unreadable_func_folder_is_named_when_nothing_else_is_left(
+    data: Path, unreadable_func: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(data, tmp_path / "out", "--participant-label", "02") == 66
+    err = capsys.readouterr().err
+    assert "participant(s) 02 not found under" in err
+    assert "cannot read the folder sub-02/func (Permission denied)" in err
+    assert "work" not in err.split("error:")[-1]
+
+
+# ---------------------------------------------------------------- item 16
+
+
+def test_folder_named_like_a_bold_file_is_ignored_with_a_warning(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bold = _file(data, "02", "*MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    bold.unlink()
+    bold.mkdir()
+    (bold / "content.nii.gz").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="bids_spheres"):
+        runs = discovery.collect_runs(discovery.make_layout(data, tmp_path / "db"))
+    assert [r.label for r in runs] == ["sub-01_task-rest_run-1"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"sub-02/func/{bold.name} is a folder, not a file; ignored -- remove or rename it"
+    ]
+
