@@ -73,6 +73,13 @@ def summarize(results: Iterable[RunResult]) -> int:
     log.info("done: %s", summary)
     for r in failed:
         print(f"bids_spheres: run failed: {r.label}: {r.reason}", file=sys.stderr)
+    if counts and not failed and not counts.get("written") and not counts.get("finished"):
+        print(
+            f"bids_spheres: no run written: all {sum(counts.values())} selected run(s) were "
+            "skipped (see the warnings above)",
+            file=sys.stderr,
+        )
+        return 1
     return 1 if failed else 0
 
 

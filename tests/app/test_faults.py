@@ -380,7 +380,8 @@ def test_run_without_degrees_of_freedom_is_skipped(
             str(tmp_path / "w"),
         ]
     )
-    assert code == 0
+    assert code == 1  # nothing written: not a success (issue 13 item 16)
     err = capsys.readouterr().err
     assert "no degrees of freedom left" in err and "skipped" in err
+    assert "bids_spheres: no run written: all 1 selected run(s) were skipped" in err
     assert not _outputs(out)

@@ -285,3 +285,24 @@ def test_folder_named_like_a_bold_file_is_ignored_with_a_warning(
         f"sub-02/func/{bold.name} is a folder, not a file; ignored -- remove or rename it"
     ]
 
+
+def test_all_runs_skipped_is_not_success(
+    demo_one_run: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # scrubbing at a framewise displacement of 0.001 mm leaves too few volumes in both runs
+    assert (
+        _run(
+            demo_one_run.fmriprep_dir,
+            tmp_path / "out",
+            "--denoise-strategy",
+            "scrubbing",
+            "--fd-threshold",
+            "0.001",
+        )
+        == 1
+    )
+    assert _written(tmp_path / "out") == []
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("bids_spheres:")] == [
+        "bids_spheres: no run written: all 2 selected run(s) were skipped (see the warnings above)"
+    ]
