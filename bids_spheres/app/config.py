@@ -5,9 +5,12 @@ Promise
 :meth:`RunConfig.from_args` turns parsed command-line arguments into a frozen
 dataclass after the checks that involve several arguments (``high_pass <
 low_pass``; output_dir not the input dataset; a readable filter file;
-``--space`` syntax), raising :class:`~bids_spheres.errors.UsageError` with the
-fix. :meth:`RunConfig.cleaning_parameters` is the part that defines the
-numbers written (used for provenance and for the "already finished" check);
+``--space`` syntax; ``--radius`` from 0 to
+:data:`~bids_spheres.app.seeds.MAX_RADIUS_MM`; a ``--dask-scheduler`` address
+that :func:`parse_dask_address` accepts), raising
+:class:`~bids_spheres.errors.UsageError` with the fix.
+:meth:`RunConfig.cleaning_parameters` is the part that defines the numbers
+written (used for provenance and for the "already finished" check);
 :meth:`RunConfig.to_json` is everything, for provenance.
 """
 
@@ -20,12 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from bids_spheres.app.filters import load_filter_file
+from bids_spheres.app.seeds import MAX_RADIUS_MM
 from bids_spheres.errors import UsageError
 
-__all__ = ["RunConfig", "parse_space"]
+__all__ = ["RunConfig", "parse_dask_address", "parse_space"]
 
 _SPACE = re.compile(r"^[A-Za-z0-9]+$")
 _MODIFIER = re.compile(r"^(?P<key>cohort|res)-(?P<value>[A-Za-z0-9]+)$")
+
+_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+_DASK_ADDRESS = re.compile(
+    rf"^(?:(?P<scheme>tcp|tls|ws|wss|ucx)://(?P<host>{_HOST})(?::(?P<port>\d{{1,5}}))?"
+    rf"|(?P<bare>{_HOST}):(?P<bare_port>\d{{1,5}})"
+    r"|inproc://\S+)$"
+)
 
 
 def parse_space(text: str) -> tuple[str, str | None, str | None]:
@@ -50,6 +61,25 @@ def parse_space(text: str) -> tuple[str, str | None, str | None]:
         "resolution, e.g. MNI152NLin2009cAsym, MNI152NLin2009cAsym:res-2 or "
         "MNIPediatricAsym:cohort-1:res-2"
     )
+
+
+def parse_dask_address(text: str) -> str:
+    """Check a Dask scheduler address: ``SCHEME://HOST[:PORT]``, ``HOST:PORT`` or ``inproc://...``.
+
+    SCHEME is one of distributed's network schemes (tcp, tls, ws, wss, ucx); HOST a
+    name, an IPv4 address or a bracketed IPv6 address; PORT 1-65535. Anything else
+    (a typo, a URL with a path, a bare word) is a
+    :class:`~bids_spheres.errors.UsageError` before any connection is tried.
+    """
+    match = _DASK_ADDRESS.match(text.strip())
+    port = match and (match["port"] or match["bare_port"])
+    if not match or (port is not None and not 0 < int(port) < 65536):
+        raise UsageError(
+            f"--dask-scheduler {text!r} is not a Dask scheduler address; give "
+            "tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786), HOST:PORT, tls://HOST:PORT or "
+            "inproc://..."
+        )
+    return text.strip()
 
 
 @dataclass(frozen=True)
@@ -153,7 +183,7 @@ class RunConfig:
             bids_filters=filters,
             derivatives=Path(args.derivatives).absolute() if args.derivatives else None,
             seeds=args.seeds,
-            radius=args.radius,
+            radius=_check_radius(args.radius),
             allow_overlap=args.allow_overlap,
             mask=mask,
             min_coverage=args.min_coverage,
@@ -169,7 +199,11 @@ class RunConfig:
             max_mean_fd=args.max_mean_fd,
             min_volumes=args.min_volumes,
             nprocs=args.nprocs,
-            dask_scheduler=getattr(args, "dask_scheduler", None),
+            dask_scheduler=(
+                parse_dask_address(args.dask_scheduler)
+                if getattr(args, "dask_scheduler", None) is not None
+                else None
+            ),
             bids_database_dir=(
                 Path(args.bids_database_dir).absolute() if args.bids_database_dir else None
             ),
@@ -210,3 +244,13 @@ class RunConfig:
             if isinstance(value, Path):
                 out[key] = str(value)
         return out
+
+
+def _check_radius(value: float) -> float:
+    """``--radius`` in [0, MAX_RADIUS_MM] mm (a larger sphere holds more than a brain)."""
+    if not 0 <= value <= MAX_RADIUS_MM:
+        raise UsageError(
+            f"--radius {value:g} mm is out of range; give a radius from 0 to "
+            f"{MAX_RADIUS_MM:g} mm (a {MAX_RADIUS_MM:g} mm sphere already holds a whole brain)"
+        )
+    return value

@@ -120,6 +120,11 @@ def _windowed(
                 pending[submit(nxt)] = nxt
 
 
+DASK_CONNECT_TIMEOUT_S = 10.0
+"""Longest wait for the Dask scheduler to answer (s): a scheduler that is up answers
+in milliseconds, even across a cluster; an unroutable address fails this fast."""
+
+
 def _execute_dask(tasks: list[RunTask], address: str, progress: Any) -> Iterator[RunResult]:
     """Submit one task per run to an existing ``distributed`` cluster.
 
@@ -134,12 +139,19 @@ def _execute_dask(tasks: list[RunTask], address: str, progress: Any) -> Iterator
         raise UsageError(
             "--dask-scheduler needs the 'distributed' package: pip install 'bids_spheres[dask]'"
         ) from exc
+    import dask
+    from dask.utils import parse_timedelta
+
+    # dask's connect timeout (30 s by default), but at most DASK_CONNECT_TIMEOUT_S
+    configured = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
     try:
-        client = Client(address)  # timeout: dask config distributed.comm.timeouts.connect
-    except (OSError, TimeoutError) as exc:
+        client = Client(address, timeout=min(configured, DASK_CONNECT_TIMEOUT_S))
+    except (OSError, TimeoutError, ValueError, MemoryError) as exc:
+        # ValueError: an address distributed cannot parse; MemoryError: a peer that is
+        # not a Dask scheduler, whose reply distributed reads as a huge frame length
         raise UsageError(
-            f"cannot connect to the Dask scheduler at {address} ({exc}); check the address "
-            "and that the scheduler is running"
+            f"cannot connect to the Dask scheduler at {address} ({one_line(exc)}); check "
+            "the address and that the scheduler is running"
         ) from exc
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))

@@ -11,8 +11,10 @@ with a one-line message naming the file, the line, the value and the fix:
   case-insensitive) and may have ``radius`` and ``network``; other columns are
   ignored. Blank lines are skipped; every other line has as many
   tab-separated fields as the header (no quoting).
-* ``x y z`` are finite decimal numbers in mm; ``radius`` is a finite number
-  >= 0 in mm, or empty / ``n/a`` for "use the run's default radius";
+* ``x y z`` are finite decimal numbers in mm with ``|value| <=``
+  :data:`MAX_COORDINATE_MM`; ``radius`` is a number in mm in
+  [0, :data:`MAX_RADIUS_MM`], or empty / ``n/a`` for "use the run's default
+  radius" (the ``--radius``, checked against the same bound);
   ``network`` is free text, empty / ``n/a`` for none.
 * seed names are unique and safe to use as column headers and in file names:
   not empty, not ``n/a``, no control characters (tab, newline, CR...), no
@@ -73,6 +75,15 @@ GENERIC_MNI = ("MNI152", "MNI")
 NATIVE_SPACES = frozenset(
     {"T1w", "T2w", "anat", "func", "boldref", "sbref", "bold", "run", "scanner", "fsnative"}
 )
+#: Largest sphere radius accepted (mm). A 100 mm sphere already holds a whole adult
+#: brain (about 170 x 140 x 120 mm) around any seed inside it; a larger value is a
+#: typing or unit slip, and would make the sphere geometry need gigabytes.
+MAX_RADIUS_MM = 100.0
+#: Largest |x|, |y|, |z| of a seed (mm). World coordinates of a head, in scanner or
+#: template space, stay within a few hundred mm of the origin (a scanner bore is
+#: ~700 mm wide); 1000 mm leaves room for any offset origin and rejects 1e400 (inf)
+#: or 1e30 before they overflow the voxel arithmetic.
+MAX_COORDINATE_MM = 1000.0
 _MISSING = ("", "n/a")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
@@ -404,8 +415,11 @@ def _check_default_radius(value: float) -> float:
         raise UsageError(
             f"default radius {value!r} is not a number; give a radius in mm >= 0"
         ) from None
-    if not np.isfinite(radius) or radius < 0:
-        raise UsageError(f"default radius {value!r} is invalid; give a finite radius in mm >= 0")
+    if not (0 <= radius <= MAX_RADIUS_MM):
+        raise UsageError(
+            f"default radius {value!r} is invalid; give a radius in mm from 0 to "
+            f"{MAX_RADIUS_MM:g} (a 100 mm sphere already holds a whole brain)"
+        )
     return radius
 
 
@@ -528,9 +542,12 @@ def _check_name(name: str, line: int, where: str) -> None:
 
 def _coordinate(text: str, axis: str, line: int, where: str) -> float:
     value = text.strip()
-    if _NUMBER.fullmatch(value):
-        return float(value)
     kind = "is not finite" if _NON_FINITE.fullmatch(value) else "is not a number"
+    if _NUMBER.fullmatch(value):
+        number = float(value)
+        if abs(number) <= MAX_COORDINATE_MM:
+            return number
+        kind = f"is outside +-{MAX_COORDINATE_MM:g} mm" if np.isfinite(number) else "is not finite"
     raise DataError(
         f"seeds file {where} line {line} has {axis} = {text!r}, which {kind}; give the "
         f"coordinate in mm as a decimal number, e.g. -42.5"
@@ -543,16 +560,17 @@ def _radius(text: str, line: int, where: str) -> float:
         return np.nan
     if _NUMBER.fullmatch(value):
         radius = float(value)
-        if radius >= 0:
+        if 0 <= radius <= MAX_RADIUS_MM:
             return radius
-        kind = "is negative"
+        kind = "is negative" if radius < 0 else f"is above {MAX_RADIUS_MM:g} mm"
     elif _NON_FINITE.fullmatch(value):
         kind = "is not finite"
     else:
         kind = "is not a number"
     raise DataError(
         f"seeds file {where} line {line} has radius = {text!r}, which {kind}; give a radius "
-        f"in mm >= 0, or leave it empty (or n/a) to use the run's --radius"
+        f"in mm from 0 to {MAX_RADIUS_MM:g}, or leave it empty (or n/a) to use the run's "
+        "--radius"
     )
 
 

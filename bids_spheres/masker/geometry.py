@@ -56,6 +56,14 @@ __all__ = [
 _REL_TOL = 1e-9
 _CACHE_SIZE = 16
 _CHUNK_POINTS = 1 << 18  # candidate voxels examined at once by _compute
+#: Largest bounding box (candidate voxels) of one sphere: :func:`membership` needs
+#: ~100 bytes per candidate voxel of a box (offsets, distances, flags), so 2**24
+#: voxels is ~1.6 GB -- a 100 mm sphere on a 1 mm grid needs 8.4 million. A larger
+#: box is a ValueError naming the seed and radius instead of a MemoryError.
+MAX_BOX_VOXELS = 1 << 24
+#: Largest |voxel coordinate| of a seed: beyond it the box corners overflow int64
+#: arithmetic; a seed that far from a grid is a coordinate typo.
+_MAX_VOXEL_COORD = 1e9
 _cache: OrderedDict[bytes, SphereGeometry] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -319,6 +327,29 @@ def _scale_rows(matrix: sparse.csr_array, scale: np.ndarray) -> sparse.csr_array
     )
 
 
+def _check_boxes(
+    seeds: np.ndarray, radii: np.ndarray, seed_vox: np.ndarray, half: np.ndarray
+) -> None:
+    """Refuse seeds whose bounding box is too big to build or whose voxel position overflows."""
+    far = np.flatnonzero(~(np.abs(seed_vox) <= _MAX_VOXEL_COORD).all(axis=1))
+    if far.size:
+        i = int(far[0])
+        raise ValueError(
+            f"seed #{i} at {tuple(float(c) for c in seeds[i])} mm lies more than "
+            f"{_MAX_VOXEL_COORD:g} voxels from the image grid; check its coordinates"
+        )
+    with np.errstate(over="ignore"):  # inf for a huge radius: refused below
+        box = np.prod(2 * half + 4, axis=1)  # voxels of a box: width 2 * half + 3 or 4
+    big = np.flatnonzero(~(box <= MAX_BOX_VOXELS))
+    if big.size:
+        i = int(big[0])
+        raise ValueError(
+            f"seed #{i} at {tuple(float(c) for c in seeds[i])} mm with radius {radii[i]:g} mm "
+            f"needs a box of {box[i]:.3g} candidate voxels on this grid, more than "
+            f"{MAX_BOX_VOXELS} (~{MAX_BOX_VOXELS * 100 / 1e9:.1f} GB); give a smaller radius"
+        )
+
+
 def _compute(
     seeds: np.ndarray,
     radii: np.ndarray,
@@ -330,10 +361,11 @@ def _compute(
     inv = np.linalg.inv(affine)
     inv_rot = inv[:3, :3]
     seed_vox = seeds @ inv_rot.T + inv[:3, 3]
-    nearest = np.rint(seed_vox).astype(np.int64)
     # Each seed's candidate voxels: a bounding box along the voxel axes.
     extent_per_mm = np.sqrt(np.sum(inv_rot**2, axis=1))
     half = radii[:, np.newaxis] * extent_per_mm
+    _check_boxes(seeds, radii, seed_vox, half)
+    nearest = np.rint(seed_vox).astype(np.int64)
     lo = np.floor(seed_vox - half).astype(np.int64) - 1
     hi = np.ceil(seed_vox + half).astype(np.int64) + 2
     widths = hi - lo

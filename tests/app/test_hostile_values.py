@@ -149,3 +149,85 @@ def test_all_nan_sphere_is_a_missing_seed_counted_by_the_group(
     summary = summary.set_index("name")
     assert summary.loc["PCC", "fraction_missing"] == pytest.approx(0.25)
     assert (summary.drop(index="PCC")["fraction_missing"] == 0).all()
+
+
+# ------------------------------------- item 13: huge radii and coordinates, Dask addresses
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert "internal error" not in err, err
+    errors = [line for line in lines if "error" in line.lower()]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("radius", ["1e6", "1e300", "100.5"])
+def test_huge_radius_is_a_usage_error(
+    demo_dataset: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str], radius: str
+) -> None:
+    out = tmp_path / "out"
+    assert _run(demo_dataset.root, out, "--radius", radius) == 64
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"--radius {float(radius):g} mm is out of range" in line
+    assert "from 0 to 100 mm" in line
+    assert _outputs(out) == []
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "why"),
+    [
+        ("x", "1e400", "which is not finite"),
+        ("y", "-5000", "which is outside +-1000 mm"),
+        ("radius", "1e6", "which is above 100 mm"),
+        ("radius", "1e300", "which is above 100 mm"),
+    ],
+)
+def test_huge_seed_values_are_a_data_error(
+    demo_dataset: DemoInfo,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    column: str,
+    value: str,
+    why: str,
+) -> None:
+    seeds = tmp_path / "seeds.tsv"
+    seeds.write_text("name\tx\ty\tz\tradius\nA\t0\t-52\t26\t5\nB\t0\t50\t-5\t5\n")
+    text = seeds.read_text().splitlines()
+    header = text[0].split("\t")
+    fields = text[2].split("\t")
+    fields[header.index(column)] = value
+    text[2] = "\t".join(fields)
+    seeds.write_text("\n".join(text) + "\n")
+    out = tmp_path / "out"
+    assert _run(demo_dataset.root, out, "--seeds", str(seeds)) == 65
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"line 3 has {column} = {value!r}, {why}" in line
+    assert str(seeds) in line
+    assert _outputs(out) == []
+
+
+def test_malformed_dask_address_is_a_usage_error(
+    demo_dataset: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert _run(demo_dataset.root, out, "--dask-scheduler", "not a url") == 64
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--dask-scheduler 'not a url' is not a Dask scheduler address" in line
+    assert "tcp://HOST:PORT" in line
+    assert not out.exists() or _outputs(out) == []
+
+
+def test_unroutable_dask_address_fails_in_seconds(
+    demo_dataset: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    out = tmp_path / "out"
+    start = time.monotonic()
+    assert _run(demo_dataset.root, out, "--dask-scheduler", "tcp://10.255.255.1:8786") == 64
+    assert time.monotonic() - start < 30
+    line = _one_error_line(capsys.readouterr().err)
+    assert "cannot connect to the Dask scheduler at tcp://10.255.255.1:8786" in line
+    assert _outputs(out) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -144,3 +146,24 @@ def test_matrices_are_canonical_scipy_csr() -> None:
     np.testing.assert_allclose(g.mean_weights().sum(axis=1), [1.0, 1.0, 1.0, 0.0])
     assert g.sizes.tolist() == [int(n) for n in g.matrix.sum(axis=1)]
     assert g.sizes[3] == 0 and spheres.empty_spheres(g).tolist() == [3]
+
+
+@pytest.mark.parametrize("radius", [1e6, 1e300])
+def test_huge_radius_is_a_value_error_not_memory_error(radius: float) -> None:
+    """A sphere whose bounding box needs more than MAX_BOX_VOXELS candidate voxels is
+    refused before any array is allocated (issue 13 item 13)."""
+    with pytest.raises(
+        ValueError,
+        match=rf"seed #1 at \(10.0, 0.0, 0.0\) mm with radius {re.escape(f'{radius:g}')} mm",
+    ):
+        spheres.membership(
+            np.array([[0.0, 0, 0], [10.0, 0, 0]]), np.array([5.0, radius]), np.eye(4), (20, 20, 20)
+        )
+    # 100 mm on a 1 mm grid (8.4 million candidates) is still computed
+    g = spheres.membership(np.zeros((1, 3)), np.array([100.0]), np.eye(4), (8, 8, 8))
+    assert g.sizes.tolist() == [512]
+
+
+def test_seed_far_from_any_grid_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match=r"seed #0 at \(1e\+30, 0.0, 0.0\) mm lies more than"):
+        spheres.membership(np.array([[1e30, 0, 0]]), np.array([2.0]), np.eye(4), (8, 8, 8))
