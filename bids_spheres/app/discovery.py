@@ -30,10 +30,18 @@ What this module promises
   the space, as in ``space-MNIPediatricAsym_cohort-1_res-2``; a run found in
   several cohorts or resolutions that the space leaves open is a
   :class:`~bids_spheres.errors.UsageError` asking to choose one), sorted
-  by subject, session, task, ..., run, with the brain mask of the same space and
+  by subject, session, task, ..., run, echo, with the brain mask of the same space and
   resolution, the confounds file (``desc-confounds_timeseries`` or the older
   ``desc-confounds_regressors``), its JSON, the ``desc-smoothAROMAnonaggr`` BOLD
   of the same run, space and resolution, and the repetition time in seconds.
+* Multi-echo data: fMRIPrep writes the optimally combined BOLD without ``echo``
+  in every output space, and per-echo BOLDs (``echo-N``) only with
+  ``--me-output-echos`` -- but one brain mask, one confounds file and one AROMA
+  BOLD per run, without ``echo``.  Every ``desc-preproc_bold`` in the space is a
+  run (so the combined series and any per-echo series each give their own
+  outputs, named with their ``echo``); a per-echo BOLD takes the mask,
+  confounds and AROMA BOLD of its run, with ``echo`` dropped, unless a file with
+  its own echo exists.
 * Every failure a user can cause raises an error of :mod:`bids_spheres.errors`
   whose one-line message names what was searched and the fix.
 * pybids (and SQLAlchemy) is imported by the functions that build or query an
@@ -555,11 +563,11 @@ def collect_runs(
         public = {k: v for k, v in public.items() if k not in _ROLE_ENTITIES}
         inputs = {
             "bold": Path(path),
-            "mask": companions.get(("mask", run_key, grid_key)),
-            "confounds": companions.get(("confounds", run_key, None)),
-            "confounds_json": companions.get(("confounds_json", run_key, None)),
+            "mask": _of_run(companions, "mask", run_key, grid_key),
+            "confounds": _of_run(companions, "confounds", run_key, None),
+            "confounds_json": _of_run(companions, "confounds_json", run_key, None),
             "sidecar": companions.get(("sidecar", run_key, grid_key)),
-            "aroma_bold": companions.get(("aroma", run_key, grid_key)),
+            "aroma_bold": _of_run(companions, "aroma", run_key, grid_key),
         }
         needed = [p for p in (*inputs.values(), *chains[path]) if p is not None]
         used.update(str(p) for p in needed)
@@ -1167,6 +1175,21 @@ def _companions(layout: BIDSLayout, options: dict[str, Any]) -> dict[tuple[str, 
         key = (role, _run_key(ents), grid)
         if key not in found or rank > ranked[key]:
             found[key], ranked[key] = Path(path), rank
+    return found
+
+
+def _of_run(
+    companions: Mapping[tuple[str, Any, Any], Path], role: str, run_key: Any, grid: Any
+) -> Path | None:
+    """The companion of this run, else of its run without ``echo`` (see the module docstring).
+
+    fMRIPrep writes one mask, confounds file and AROMA BOLD per run, without the
+    echo entity, even when it also writes per-echo BOLDs (``--me-output-echos``).
+    """
+    found = companions.get((role, run_key, grid))
+    if found is None:
+        per_run = frozenset((k, v) for k, v in run_key if k != "echo")
+        found = companions.get((role, per_run, grid))
     return found
 
 

@@ -306,3 +306,37 @@ def test_all_runs_skipped_is_not_success(
     assert [line for line in err if line.startswith("bids_spheres:")] == [
         "bids_spheres: no run written: all 2 selected run(s) were skipped (see the warnings above)"
     ]
+
+
+# ---------------------------------------------------------------- item 17 (multi-echo)
+
+
+def test_per_echo_bolds_take_the_mask_and_confounds_of_their_run(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # fMRIPrep --me-output-echos: echo-N BOLDs (and sidecars) next to the optimally combined
+    # one, and one mask / confounds file per run, without echo
+    func = data / "sub-02" / "func"
+    for path in sorted(func.glob("*MNI152NLin2009cAsym_desc-preproc_bold.*")):
+        for echo in ("1", "2"):
+            name = path.name.replace("_run-1_", f"_run-1_echo-{echo}_")
+            path.with_name(name).write_bytes(path.read_bytes())
+    runs = discovery.collect_runs(discovery.make_layout(data, tmp_path / "db"))
+    assert [r.label for r in runs] == [
+        "sub-01_task-rest_run-1",
+        "sub-02_task-rest_run-1_echo-1",
+        "sub-02_task-rest_run-1_echo-2",
+        "sub-02_task-rest_run-1",
+    ]
+    mask = _file(data, "02", "*MNI152NLin2009cAsym_desc-brain_mask.nii.gz")
+    confounds = _file(data, "02", "*_desc-confounds_timeseries.tsv")
+    assert [(r.mask, r.confounds) for r in runs[1:]] == [(mask, confounds)] * 3
+    assert [r.sidecar.name.count("echo-2") for r in runs[1:]] == [0, 1, 0]
+
+    out = tmp_path / "out"
+    assert _run(data, out) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("sub-02/func/*_timeseries.tsv")) == sorted(
+        f"sub-02_task-rest_run-1{echo}_space-MNI152NLin2009cAsym_atlas-demoseeds_desc-simple_"
+        "timeseries.tsv"
+        for echo in ("", "_echo-1", "_echo-2")
+    )
