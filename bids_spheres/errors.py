@@ -6,11 +6,19 @@ on one line and exits with :attr:`BidsSpheresError.exit_code`.
 
 Exit codes follow the BIDS-Apps execution spec and ``sysexits.h``:
 1 some runs failed, 16 validation, 17 unknown analysis level, 18 filters
-selected nothing, 64 usage, 65 bad data, 66 missing input, 73 cannot create
-output.
+selected nothing, 64 usage, 65 bad data, 66 missing input, 70 internal error
+(a bug: an unexpected exception, never a problem of the input), 73 cannot
+create output, 128 + N killed by signal N (129 SIGHUP, 130 SIGINT, 143
+SIGTERM).
 """
 
 from __future__ import annotations
+
+import signal
+
+#: Exit code of an unexpected exception (``sysexits.h`` EX_SOFTWARE), distinct
+#: from 1 (some runs failed).
+INTERNAL_ERROR_EXIT_CODE = 70
 
 
 class BidsSpheresError(Exception):
@@ -53,6 +61,23 @@ class OutputError(BidsSpheresError, OSError):
     """The output or work directory cannot be created or written (exit 73)."""
 
     exit_code = 73
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM/SIGHUP/SIGINT (exit code 128 + the signal number).
+
+    A ``BaseException``, so that no ``except Exception`` on the way up turns it
+    into a failed run: it unwinds to the CLI, which stops the workers.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        super().__init__(f"terminated by {name}")
 
 
 def one_line(exc: BaseException) -> str:

@@ -8,8 +8,11 @@ effects); :func:`main` parses, checks arguments across each other (through
 and turns every error a user can cause into ONE line on stderr and a BIDS-App
 exit code: 0 success, 1 some runs failed, 16 validation, 17 unknown analysis
 level, 18 filters selected nothing, 64 usage (argparse's 2 is never used),
-65 bad data, 66 missing input, 73 cannot create output. Tracebacks are shown
-only with ``-vv``.
+65 bad data, 66 missing input, 70 internal error (an unexpected exception: a
+bug to report), 73 cannot create output (also: the disk filled up during the
+job, which then stops), 129/143 stopped by SIGHUP/SIGTERM (130 Ctrl-C): the
+workers are terminated and their temporary files removed. Tracebacks are
+shown only with ``-vv``.
 
 :func:`demo_main` is the ``bids_spheres-demo`` command: it builds the example
 dataset of :mod:`bids_spheres.app.demo` (once) and runs :func:`main` on it,
@@ -26,7 +29,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from bids_spheres import __version__
-from bids_spheres.errors import BidsSpheresError, one_line
+from bids_spheres.errors import (
+    INTERNAL_ERROR_EXIT_CODE,
+    BidsSpheresError,
+    Terminated,
+    one_line,
+)
 
 __all__ = ["EXIT_CODES", "build_parser", "demo_main", "main"]
 
@@ -39,7 +47,11 @@ EXIT_CODES = {
     "usage": 64,
     "bad data": 65,
     "missing input": 66,
+    "internal error": INTERNAL_ERROR_EXIT_CODE,
     "cannot write": 73,
+    "SIGHUP": 129,
+    "SIGINT": 130,
+    "SIGTERM": 143,
 }
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -325,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 17
+    config = None
+    previous = _handle_termination()
     try:
         from bids_spheres.app import workflow
         from bids_spheres.app.config import RunConfig
@@ -338,9 +352,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("details")
         print(f"bids_spheres: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("bids_spheres: interrupted", file=sys.stderr)
-        return 130
+    except (Terminated, KeyboardInterrupt) as exc:
+        code = exc.exit_code if isinstance(exc, Terminated) else 130
+        _stop(config)
+        print(f"bids_spheres: {one_line(exc) or 'interrupted'}; stopped", file=sys.stderr)
+        return code
+    except MemoryError:
+        print(
+            "bids_spheres: error: out of memory; lower --nprocs or give the job more memory",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR_EXIT_CODE
     except Exception as exc:  # an unexpected failure is still one line
         if args.verbose >= 2:
             log.exception("details")
@@ -349,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(rerun with -vv for the traceback and report it)",
             file=sys.stderr,
         )
-        return 1
+        return INTERNAL_ERROR_EXIT_CODE
+    finally:
+        _restore_handlers(previous)
 
 
 def demo_main(argv: Sequence[str] | None = None) -> int:
@@ -418,6 +442,62 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
     print(f"  every other pair: |z| <= {max(others):.2f}")
     print(f"report: {derivatives / 'group' / 'report.html'}")
     return 0
+
+
+_TERMINATING = ("SIGTERM", "SIGHUP")
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _handle_termination() -> dict[int, object]:
+    """SIGTERM/SIGHUP raise :class:`Terminated` in the main thread; returns the old handlers."""
+    import signal
+    import threading
+
+    previous: dict[int, object] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for name in _TERMINATING:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    return previous
+
+
+def _restore_handlers(previous: dict[int, object]) -> None:
+    import signal
+
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def _stop(config: object) -> None:
+    """After a signal: terminate the workers, then remove the temporary files they left."""
+    import signal
+
+    execution = sys.modules.get("bids_spheres.app.execution")
+    ignored = {s: signal.signal(s, signal.SIG_IGN) for s in _signals(_TERMINATING)}
+    try:
+        if execution is not None:
+            execution.stop_workers()
+        output_dir = getattr(config, "output_dir", None)
+        if output_dir is not None and Path(output_dir).is_dir():
+            from bids_spheres.app import outputs
+
+            for directory in [Path(output_dir), *Path(output_dir).rglob("*")]:
+                if directory.is_dir() and not directory.is_symlink():
+                    outputs.remove_stale_temps(directory)
+    finally:
+        for signum, handler in ignored.items():
+            signal.signal(signum, handler)
+
+
+def _signals(names: Sequence[str]) -> list[int]:
+    import signal
+
+    return [getattr(signal, n) for n in names if hasattr(signal, n)]
 
 
 class _StderrHandler(logging.StreamHandler):

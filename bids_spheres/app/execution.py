@@ -13,20 +13,39 @@ is a tqdm bar on a terminal, else one log line per finished run.
 :func:`summarize` counts the results, prints the failed runs on stderr and
 returns the exit code (0, or 1 when some run failed). :func:`in_child` runs one
 call in a short-lived child process (inline where multiprocessing is missing).
+
+Faults that are not a run's: an :class:`~bids_spheres.errors.OutputError`
+(disk full, quota, read-only file system) stops the job: no further run is
+submitted, pending runs are cancelled, the counts so far are logged and the
+error reaches the CLI (exit 73). A full disk under the pybids index built in
+:func:`in_child` is an ``OutputError`` naming that directory.
+
+No orphans: every worker and indexing child dies with the coordinating
+process. The CLI turns SIGTERM/SIGHUP into :class:`~bids_spheres.errors.Terminated`
+and calls :func:`stop_workers`, which terminates (then kills) every live
+worker and waits for it; a worker that gets SIGTERM in the middle of a run
+unwinds it (its temporary files are removed) and exits. On Linux each worker
+also asks the kernel for SIGTERM when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``), and a watchdog thread in each worker exits it
+when its parent process is gone, so a SIGKILLed coordinator leaves nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 from bids_spheres.app.run import RunResult, RunTask, process_run
-from bids_spheres.errors import UsageError, one_line
+from bids_spheres.errors import OutputError, Terminated, UsageError, one_line
 
-__all__ = ["execute", "in_child", "summarize"]
+__all__ = ["execute", "in_child", "stop_workers", "summarize"]
 
 log = logging.getLogger("bids_spheres")
 
@@ -53,9 +72,9 @@ def execute(
                 progress.update(1)
                 yield result
         else:
-            with ProcessPoolExecutor(max_workers=nprocs) as pool:
+            with _pool(nprocs) as pool:
                 yield from _windowed(
-                    tasks, lambda t: pool.submit(process_run, t), nprocs, progress
+                    tasks, lambda t: pool.submit(_process_in_worker, t), nprocs, progress
                 )
     finally:
         progress.close()
@@ -65,10 +84,15 @@ def summarize(results: Iterable[RunResult]) -> int:
     """Count results as they stream in; keep only the failed ones; return the exit code."""
     counts: dict[str, int] = {}
     failed: list[RunResult] = []
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
-        if r.status == "failed":
-            failed.append(r)
+    try:
+        for r in results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+            if r.status == "failed":
+                failed.append(r)
+    except OutputError:
+        done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no run"
+        log.error("stopped, the outputs cannot be written: %s before the stop", done)
+        raise
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     log.info("done: %s", summary)
     for r in failed:
@@ -83,18 +107,171 @@ def summarize(results: Iterable[RunResult]) -> int:
     return 1 if failed else 0
 
 
-def in_child(function: Callable[..., _T], *args: Any) -> _T:
-    """``function(*args)`` in a short-lived child process, inline without multiprocessing."""
+def in_child(function: Callable[..., _T], *args: Any, writes: Any = None) -> _T:
+    """``function(*args)`` in a short-lived child process, inline without multiprocessing.
+
+    ``writes`` names what the call writes (e.g. the pybids database directory):
+    a disk full or read-only error there becomes an OutputError naming it.
+    """
     try:
-        pool = ProcessPoolExecutor(max_workers=1)
+        pool = _pool(1)
     except (OSError, NotImplementedError, ImportError):  # no working multiprocessing here
-        return function(*args)
-    with pool:
-        return pool.submit(function, *args).result()
+        return _output_errors_named(function, writes, *args)
+    with pool as executor:
+        return executor.submit(_output_errors_named, function, writes, *args).result()
+
+
+def stop_workers(timeout: float = 5.0) -> None:
+    """Terminate every live worker and child of this process's pools, and wait for them.
+
+    SIGTERM first (a worker in a run unwinds it, removing its temporary files),
+    SIGKILL for any still alive after ``timeout`` seconds. Pending runs are
+    cancelled. Safe to call more than once, and from a signal's unwinding.
+    """
+    pools = list(_LIVE_POOLS)
+    processes = [p for pool in pools for p in list((pool._processes or {}).values())]
+    for pool in pools:
+        pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout)
+    _LIVE_POOLS.difference_update(pools)
 
 
 # --------------------------------------------------------------------------
 # private helpers
+
+
+_LIVE_POOLS: set[ProcessPoolExecutor] = set()
+_IS_WORKER = False  # this process is a pool worker or indexing child
+_IN_RUN = False  # in a worker: a run is being processed (SIGTERM unwinds it)
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class _pool:
+    """A ProcessPoolExecutor whose workers die with this process (see the module docstring).
+
+    On leaving the ``with`` block by an exception (an OutputError, a signal, a
+    closed generator) the workers are terminated instead of being waited for.
+    """
+
+    def __init__(self, n_workers: int) -> None:
+        self.executor = ProcessPoolExecutor(
+            max_workers=n_workers, initializer=_init_worker, initargs=(os.getpid(),)
+        )
+        _LIVE_POOLS.add(self.executor)
+
+    def __enter__(self) -> ProcessPoolExecutor:
+        return self.executor
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.executor.shutdown(wait=True)
+            _LIVE_POOLS.discard(self.executor)
+        else:
+            stop_workers()
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Worker initializer: die with the parent; SIGTERM unwinds the run in progress."""
+    global _IS_WORKER
+    _IS_WORKER = True
+    signal.signal(signal.SIGTERM, _worker_signal)
+    signal.signal(signal.SIGHUP, _worker_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog below remains
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """In a worker: SIGTERM itself once the parent process is gone (reparented)."""
+    import time
+
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_signal(signum: int, frame: Any) -> None:
+    if _IN_RUN:
+        raise Terminated(signum)  # unwinds the run: its temporary files are removed
+    os._exit(128 + signum)
+
+
+def _process_in_worker(task: RunTask) -> RunResult:
+    """:func:`process_run` in a pool worker; a SIGTERM during the run ends the worker."""
+    global _IN_RUN
+    _IN_RUN = True
+    try:
+        return process_run(task)
+    except Terminated as exc:
+        os._exit(exc.exit_code)
+    finally:
+        _IN_RUN = False
+
+
+def _output_errors_named(function: Callable[..., _T], where: Any, *args: Any) -> _T:
+    """``function(*args)``; a full disk or read-only file system becomes an OutputError."""
+    global _IN_RUN
+    _IN_RUN = True
+    try:
+        return function(*args)
+    except OutputError:
+        raise
+    except Terminated as exc:
+        if not _IS_WORKER:
+            raise
+        os._exit(exc.exit_code)
+    except Exception as exc:
+        reason = _full_disk_reason(exc)
+        if reason is None:
+            raise
+        place = where or getattr(exc, "filename", None) or "the work directory"
+        raise OutputError(
+            f"cannot write {place}: {reason}; free space or raise the quota, or choose "
+            "another --work-dir / --bids-database-dir"
+        ) from None
+    finally:
+        _IN_RUN = False
+
+
+_SQLITE_FULL, _SQLITE_READONLY = 13, 8
+
+
+def _full_disk_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` means the disk is full or read-only (SQLAlchemy/sqlite wrapped too), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL_DISK:
+            return current.strerror or os.strerror(current.errno)
+        code = getattr(current, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == _SQLITE_FULL:
+            return "disk full (sqlite: database or disk is full)"
+        if code is not None and code & 0xFF == _SQLITE_READONLY:
+            return "not writable (sqlite: attempt to write a readonly database)"
+        orig = getattr(current, "orig", None)
+        if isinstance(orig, BaseException):
+            current = orig
+        else:
+            current = current.__cause__ or current.__context__
+    return None
 
 
 def _windowed(
@@ -180,6 +357,8 @@ def _execute_dask(tasks: list[RunTask], address: str, progress: Any) -> Iterator
 def _result_of(future: Any, task: RunTask) -> RunResult:
     try:
         return future.result()
+    except OutputError:  # the outputs cannot be written: not this run's fault
+        raise
     except Exception as exc:  # a worker died (killed, out of memory) too often
         log.error("FAILED %s: %s", task.run.bold.name, one_line(exc))
         return RunResult(str(task.run.bold), "failed", one_line(exc))

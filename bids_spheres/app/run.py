@@ -2,11 +2,13 @@
 
 Promise
 -------
-:func:`process_run` turns one :class:`RunTask` into one :class:`RunResult` and
-never raises: a run with too few volumes left is ``skipped``, any other error a
-user can cause (and ``ValueError``, ``OSError``, ``TypeError``) makes it
-``failed`` with a one-line reason, logged. Each step below is a plain function
-called once, in this order; each takes what the earlier steps produced and
+:func:`process_run` turns one :class:`RunTask` into one :class:`RunResult`: a
+run with too few volumes left is ``skipped``, any other error a user can cause
+(and ``ValueError``, ``OSError``, ``TypeError``) makes it ``failed`` with a
+one-line reason, logged. It raises only an
+:class:`~bids_spheres.errors.OutputError` (disk full, quota, read-only file
+system: no fault of the run), which stops the job with exit 73. Each step below is a plain
+function called once, in this order; each takes what the earlier steps produced and
 returns a small frozen dataclass (or the values the next step needs):
 
 1. :func:`plan` -- the output paths, the parameters hash, and whether the run
@@ -28,6 +30,7 @@ returns a small frozen dataclass (or the values the next step needs):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -42,7 +45,13 @@ import numpy as np
 from bids_spheres import __version__
 from bids_spheres.app import confounds, discovery, outputs, seeds
 from bids_spheres.app.config import RunConfig
-from bids_spheres.errors import BidsSpheresError, DataError, MissingInputError, one_line
+from bids_spheres.errors import (
+    BidsSpheresError,
+    DataError,
+    MissingInputError,
+    OutputError,
+    one_line,
+)
 from bids_spheres.masker import NiftiSpheresMasker, load_mask, reading, resample_mask
 from bids_spheres.masker import geometry as spheres
 
@@ -149,16 +158,35 @@ class Signals:
 
 
 def process_run(task: RunTask) -> RunResult:
-    """Extract, clean and write one run; never raises (failures become a RunResult)."""
+    """Extract, clean and write one run; failures become a RunResult.
+
+    Raises only :class:`~bids_spheres.errors.OutputError`: the output cannot be
+    written (disk full, quota, read-only file system, not writable), which is
+    no fault of this run and stops the job (exit 73).
+    """
     run = task.run
     try:
         return _steps(task)
     except confounds.TooFewVolumesError as exc:
         log.warning("skipped %s: %s", run.bold.name, one_line(exc))
         return RunResult(str(run.bold), "skipped", one_line(exc))
-    except (BidsSpheresError, ValueError, OSError, TypeError) as exc:
+    except OutputError:
+        raise
+    except OSError as exc:
+        if exc.errno in _CANNOT_WRITE:
+            raise OutputError(
+                f"cannot write {exc.filename or task.config.output_dir}: "
+                f"{exc.strerror or exc}; free space or raise the quota, or choose another "
+                "output directory"
+            ) from exc
         log.error("FAILED %s: %s", run.bold.name, one_line(exc))
         return RunResult(str(run.bold), "failed", one_line(exc))
+    except (BidsSpheresError, ValueError, TypeError) as exc:
+        log.error("FAILED %s: %s", run.bold.name, one_line(exc))
+        return RunResult(str(run.bold), "failed", one_line(exc))
+
+
+_CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _steps(task: RunTask) -> RunResult:

@@ -6,10 +6,12 @@ Promise
 seeds and the denoising strategy once, writes the dataset-level files, then
 processes every run -- in parallel with ``--nprocs`` or on Dask
 (:mod:`bids_spheres.app.execution`) -- with
-:func:`bids_spheres.app.run.process_run`, which never raises: a run that fails
-is logged with its reason and the others go on. Finished runs (same inputs and
-parameters) are skipped unless ``--overwrite``. The exit code is 0 when every
-run was written or skipped as finished, 1 when some run failed.
+:func:`bids_spheres.app.run.process_run`: a run that fails is logged with its
+reason and the others go on; output that cannot be written (disk full, quota,
+read-only file system, also under the pybids index) stops the job with exit 73.
+Finished runs (same inputs and parameters) are skipped unless ``--overwrite``.
+The exit code is 0 when every run was written or skipped as finished, 1 when
+some run failed.
 
 :func:`group` summarizes what the participant level wrote (see
 :mod:`bids_spheres.app.group`).
@@ -45,7 +47,10 @@ def participant(config: RunConfig) -> int:
     # The pybids index grows with the input tree (~40 KB per run); building and querying
     # it in a short-lived child keeps the coordinating process small: it only receives
     # the list of runs, and pybids is imported only there (tests/app/test_imports.py).
-    runs = execution.in_child(_discover, config, raw_root, fmriprep_root)
+    database_dir = config.bids_database_dir or config.work_dir / "bids_db"
+    runs = execution.in_child(
+        _discover, config, raw_root, fmriprep_root, writes=f"the pybids index in {database_dir}"
+    )
     if not runs:
         raise NothingSelectedError(
             f"no run selected under {fmriprep_root}; check --participant-label, --task, "
