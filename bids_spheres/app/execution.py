@@ -11,7 +11,8 @@ are in flight, so the coordinating process holds a bounded number of futures.
 A worker that dies becomes a ``failed`` result, never an exception. Progress
 is a tqdm bar on a terminal, else one log line per finished run.
 :func:`summarize` counts the results, prints the failed runs on stderr and
-returns the exit code (0, or 1 when some run failed). :func:`in_child` runs one
+returns the exit code (0; 1 when some run failed, or when every run was skipped
+and none written or finished). :func:`in_child` runs one
 call in a short-lived child process (inline where multiprocessing is missing).
 
 Faults that are not a run's: an :class:`~bids_spheres.errors.OutputError`

@@ -11,7 +11,7 @@ reason and the others go on; output that cannot be written (disk full, quota,
 read-only file system, also under the pybids index) stops the job with exit 73.
 Finished runs (same inputs and parameters) are skipped unless ``--overwrite``.
 The exit code is 0 when every run was written or skipped as finished, 1 when
-some run failed.
+some run failed or when every run was skipped (too few volumes) and none written.
 
 :func:`group` summarizes what the participant level wrote (see
 :mod:`bids_spheres.app.group`).
