@@ -43,7 +43,10 @@ directory. For each pair it writes, under ``OUTPUT_DIR/group/``:
     states this (``Description``) and gives ``RelationshipMeasure``,
     ``Weighted``, ``Directed``, ``ValidDiagonal``, ``StorageFormat``,
     ``NodeFiles``, ``Sources`` (the per-run matrices used, relative to
-    ``output_dir``) and ``NumberOfParticipants``.
+    ``output_dir``) and ``NumberOfParticipants``. Not made (a warning says why,
+    and the report) for more than
+    :data:`~bids_spheres.app.outputs.MAX_RELMAT_SEEDS` seeds, whose n x n
+    accumulators would not fit in memory; the other tables are written as always.
 
 and one ``OUTPUT_DIR/group/report.html`` for all pairs (see
 :mod:`bids_spheres.app.report`): self-contained, it shows the seeds on a brain,
@@ -376,6 +379,8 @@ class _Combination:
         self.n_sidecars = 0
         # connectome: current participant's sums, then Welford across participants
         self.current: str | None = None
+        self.connectome_skipped = ""  # why there is no connectome (too many seeds)
+        n = self._connectome_size()
         self.sub_sum = np.zeros((n, n))
         self.sub_n = np.zeros((n, n), dtype=np.int64)
         self.count = np.zeros((n, n), dtype=np.int64)
@@ -436,8 +441,27 @@ class _Combination:
         self.cov_n = np.pad(self.cov_n, (0, pad))
         # new seeds were not listed by the runs already read: missing there
         self.missing_n = np.pad(self.missing_n, (0, pad), constant_values=self.n_sidecars)
+        size = self._connectome_size()
         for attr in ("sub_sum", "sub_n", "count", "mean", "m2"):
-            setattr(self, attr, np.pad(getattr(self, attr), ((0, pad), (0, pad))))
+            matrix = getattr(self, attr)
+            if size == 0:  # too many seeds: no connectome, its memory freed
+                setattr(self, attr, np.zeros((0, 0), dtype=matrix.dtype))
+            else:
+                setattr(self, attr, np.pad(matrix, ((0, pad), (0, pad))))
+
+    def _connectome_size(self) -> int:
+        """Seeds in the connectome: all of them, or 0 above MAX_RELMAT_SEEDS (logged once)."""
+        from bids_spheres.app import outputs
+
+        n, limit = len(self.names), outputs.MAX_RELMAT_SEEDS
+        if n > limit and not self.connectome_skipped:
+            self.connectome_skipped = (
+                f"no group connectome for atlas-{self.atlas} desc-{self.desc}: {n} seeds is "
+                f"more than {limit} (its {n} x {n} accumulators would need "
+                f"~{5 * 8 * n * n / 1e9:.1f} GB)"
+            )
+            log.warning("%s", self.connectome_skipped)
+        return 0 if self.connectome_skipped else n
 
     # -- runs --------------------------------------------------------------
 
@@ -453,7 +477,7 @@ class _Combination:
         sidecar = self._read_sidecar(files, reasons)
         if sidecar is not None:
             self._add_qc(sidecar, row, reasons)
-        if not reasons:
+        if not reasons and not self.connectome_skipped:
             self._add_connectome(files, reasons)
         row["usable"] = "no" if reasons else "yes"
         row["exclusion_reason"] = "; ".join(reasons) if reasons else None
@@ -627,7 +651,12 @@ class _Combination:
         write_tsv(group_dir / files["seeds"], seeds_df)
         write_json(group_dir / _json_name(files["seeds"]), _SEEDS_SIDECAR)
         node_files = [self.seed_file] if self.seed_file else [f"group/{files['seeds']}"]
-        for kind, values in (("mean", mean), ("sd", sd)):
+        if self.connectome_skipped:  # no connectome; none of an earlier run left behind
+            for kind in ("mean", "sd"):
+                for stale in (files[kind], _json_name(files[kind])):
+                    (group_dir / stale).unlink(missing_ok=True)
+                del files[kind]
+        for kind, values in (("mean", mean), ("sd", sd)) if not self.connectome_skipped else ():
             write_tsv(group_dir / files[kind], pd.DataFrame(values, columns=self.names))
             write_json(
                 group_dir / _json_name(files[kind]),
@@ -644,6 +673,7 @@ class _Combination:
             n_participants=self.n_participants,
             participants=list(self.participants),
             files=files,
+            connectome_skipped=self.connectome_skipped,
         )
 
     def _seeds_table(self) -> pd.DataFrame:

@@ -92,6 +92,7 @@ __all__ = [
     "DATASET_NAME",
     "ENTITY_ORDER",
     "LOCK_NAME",
+    "MAX_RELMAT_SEEDS",
     "PIPELINE_NAME",
     "RELMAT_MEASURE",
     "RunPaths",
@@ -125,6 +126,14 @@ LOCK_NAME = ".bids_spheres.lock"
 CHECKSUMS_KEY = "OutputChecksums"
 #: ``meas-`` value of the relationship matrix files.
 RELMAT_MEASURE = "PearsonCorrelation"
+#: Most seeds for which correlation matrices are made. A run's relmat TSV takes
+#: ~12 bytes per cell and the group level holds five float64 n x n accumulators:
+#: 2,000 seeds is ~50 MB of TSV per run and ~160 MB at the group level; 10,000
+#: seeds would be ~1.2 GB per run and > 4 GB (13 GB measured with temporaries).
+#: Above it the participant level writes no relmat (its timeseries sidecar says
+#: why, ``RelationshipMatrix``) and the group level skips the connectome with a
+#: warning; the timeseries, QC and seed tables are written as always.
+MAX_RELMAT_SEEDS = 2000
 #: Lines :func:`write_bidsignore` makes sure ``.bidsignore`` holds: files that
 #: are not (yet) in the BIDS specification.
 BIDSIGNORE_PATTERNS = (

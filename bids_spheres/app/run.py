@@ -149,7 +149,7 @@ class Signals:
 
     bold_input: Path
     table: np.ndarray
-    relmat: np.ndarray
+    relmat: np.ndarray | None  # None above outputs.MAX_RELMAT_SEEDS seeds
     kept: np.ndarray
     tsnr: np.ndarray
     warnings: list[str]
@@ -435,7 +435,7 @@ def extract(
     written = usable & ~no_finite
     table = np.full((signals.shape[0], n_seeds), np.nan, dtype=np.float64)
     table[:, written] = signals[:, written[usable]]
-    relmat = _correlation(table)
+    relmat = _correlation(table) if n_seeds <= outputs.MAX_RELMAT_SEEDS else None
 
     sample_mask = nuisance.sample_mask
     kept = np.arange(source.n_volumes) if sample_mask is None else np.asarray(sample_mask, int)
@@ -505,11 +505,18 @@ def run_sidecar(
         },
         "SoftwareVersion": f"bids_spheres {__version__}",
         "ParametersHash": planned.digest,
+        **_relmat_note(len(seed_set)),
     }
 
 
-def relmat_sidecar(task: RunTask, planned: Plan) -> dict[str, Any]:
-    """The correlation matrix JSON; its nodes are the columns of the run's timeseries."""
+def relmat_sidecar(task: RunTask, planned: Plan) -> dict[str, Any] | None:
+    """The correlation matrix JSON; its nodes are the columns of the run's timeseries.
+
+    None above :data:`~bids_spheres.app.outputs.MAX_RELMAT_SEEDS` seeds: no relmat
+    is written then (the timeseries sidecar's ``RelationshipMatrix`` says why).
+    """
+    if len(task.seeds) > outputs.MAX_RELMAT_SEEDS:
+        return None
     timeseries = planned.paths.timeseries_tsv.relative_to(task.config.output_dir).as_posix()
     return {
         "RelationshipMeasure": "Pearson correlation",
@@ -528,7 +535,7 @@ def write(
     planned: Plan,
     signals: Signals,
     sidecar: dict[str, Any],
-    relmat_json: dict[str, Any],
+    relmat_json: dict[str, Any] | None,
 ) -> RunResult:
     """Write the timeseries and correlation matrix with their sidecars (atomic)."""
     paths = planned.paths
@@ -642,6 +649,20 @@ def _check_timing(task: RunTask) -> None:
                 f"{run.bold.name} (RepetitionTime {t_r:g} s); give a cut-off below "
                 f"{nyquist:g} Hz or check the RepetitionTime"
             )
+
+
+def _relmat_note(n_seeds: int) -> dict[str, str]:
+    """``RelationshipMatrix`` for the timeseries sidecar when no relmat is written."""
+    limit = outputs.MAX_RELMAT_SEEDS
+    if n_seeds <= limit:
+        return {}
+    return {
+        "RelationshipMatrix": (
+            f"not written: {n_seeds} seeds is more than {limit}; a {n_seeds} x {n_seeds} "
+            f"TSV would take ~{12 * n_seeds * n_seeds / 1e6:.0f} MB per run. Compute the "
+            "correlations you need from this timeseries TSV."
+        )
+    }
 
 
 def _correlation(table: np.ndarray) -> np.ndarray:

@@ -231,3 +231,47 @@ def test_unroutable_dask_address_fails_in_seconds(
     line = _one_error_line(capsys.readouterr().err)
     assert "cannot connect to the Dask scheduler at tcp://10.255.255.1:8786" in line
     assert _outputs(out) == []
+
+
+# ---------------------------------------------- item 15: no n x n matrix for huge seed sets
+
+
+def test_above_max_relmat_seeds_no_matrix_is_made(
+    demo_dataset: DemoInfo,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above outputs.MAX_RELMAT_SEEDS (2000; lowered to 5 here, the demo has 8 seeds)
+    no run writes a relmat and the group skips the connectome, saying why; the
+    timeseries are those of a run under the limit."""
+    from bids_spheres.app import outputs
+
+    data = demo_dataset.root
+    small = tmp_path / "small"
+    assert _run(data, small) == 0
+    monkeypatch.setattr(outputs, "MAX_RELMAT_SEEDS", 5)
+    out = tmp_path / "out"
+    assert _run(data, out) == 0
+    assert len(_outputs(out)) == 4
+    assert list(out.rglob("*_relmat.*")) == []
+    for tsv, reference in zip(_outputs(out), _outputs(small), strict=True):
+        assert tsv.read_bytes() == reference.read_bytes()
+        note = json.loads(tsv.with_suffix(".json").read_text())["RelationshipMatrix"]
+        assert note.startswith("not written: 8 seeds is more than 5; a 8 x 8 TSV")
+        assert "RelationshipMatrix" not in json.loads(reference.with_suffix(".json").read_text())
+    capsys.readouterr()
+
+    # a group run of an earlier, smaller seed set left connectome files: removed
+    (out / "group").mkdir()
+    stale = out / "group" / "atlas-demoseeds_meas-FisherZMean_desc-simple_relmat.tsv"
+    stale.write_text("old\n")
+    assert main([str(data), str(out), "group", "--work-dir", str(tmp_path / "work")]) == 0
+    err = capsys.readouterr().err
+    assert "no group connectome for atlas-demoseeds desc-simple: 8 seeds is more than 5" in err
+    group = sorted(p.name for p in (out / "group").iterdir())
+    assert not [name for name in group if "relmat" in name], group
+    assert any(name.endswith("_seeds.tsv") for name in group)
+    assert any(name.endswith("_runs.tsv") for name in group)
+    report = (out / "group" / "report.html").read_text()
+    assert "no group connectome for atlas-demoseeds desc-simple" in report

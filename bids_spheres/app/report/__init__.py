@@ -54,6 +54,7 @@ class CombinationSummary:
     n_participants: int
     participants: list[str]
     files: dict[str, str] = field(default_factory=dict)
+    connectome_skipped: str = ""  # why no connectome was made (too many seeds), if so
 
     @property
     def label(self) -> str:
@@ -199,6 +200,8 @@ def _combination_section(s: CombinationSummary, max_mean_fd: float, min_volumes:
                 "had the pair).",
             )
         )
+    elif s.connectome_skipped:
+        out.append(f"<p class='warn'>{_e(s.connectome_skipped)}.</p>")
     else:
         out.append("<p class='warn'>No usable run: no group connectome.</p>")
     out.append("<h3>Motion and kept volumes</h3>")
