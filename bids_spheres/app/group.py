@@ -11,10 +11,14 @@ the Pearson correlation matrix next to it
 the timeseries TSV as the participant level does) and the root seed table
 ``atlas-<A>_seeds.tsv`` (or ``atlas-<A>_desc-spheres_seeds.tsv``; when absent,
 the ``Seeds`` entries of the run sidecars). Entities come from the file names,
-parsed with the BIDS filename grammar (``key-value`` pairs joined by ``_``,
-then ``_suffix.ext``). Runs are grouped by their (``atlas``, ``desc``) pair --
-seed set and denoising strategy -- so several may coexist in one output
-directory. For each pair it writes, under ``OUTPUT_DIR/group/``:
+parsed with the BIDS filename grammar (``key-value`` pairs of letters and digits
+joined by ``_``, then ``_suffix.ext``); a name that does not follow it (a
+hyphen in a value, a stray copy) is not ours: skipped with a warning. Every
+per-run read is checked (the types of the sidecar fields used, unreadable
+files and symbolic-link loops), and the TSVs are read in the dialect they are
+written in (no quoting: seed names round-trip exactly). Runs are grouped by
+their (``atlas``, ``desc``) pair -- seed set and denoising strategy -- so
+several may coexist in one output directory. For each pair it writes, under ``OUTPUT_DIR/group/``:
 
 ``atlas-<A>_desc-<D>_runs.tsv`` (+ ``.json`` describing the columns)
     One row per run: the timeseries path, entities, volumes (total,
@@ -77,6 +81,7 @@ Nothing to summarize raises :class:`~bids_spheres.errors.MissingInputError`
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -111,6 +116,14 @@ _ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo",
 _ENTITY_COLUMNS = {"sub": "participant_id", "ses": "session_id"}
 _GROUPING = ("atlas", "desc")
 _NA_VALUES = ["n/a", "NaN", "nan", ""]
+# the dialect the participant level writes (outputs._TSV_DIALECT): tab-separated, no
+# quoting, so a seed name with '"' reads back exactly as written
+_TSV_READ: dict[str, Any] = {
+    "sep": "\t",
+    "na_values": _NA_VALUES,
+    "keep_default_na": False,
+    "quoting": csv.QUOTE_NONE,
+}
 # entity naming the measure of a relmat: meas (BEP017, outputs.py) or stat (older names)
 _MEASURE_KEYS = ("meas", "stat")
 
@@ -345,10 +358,17 @@ def parse_entities(filename: str) -> tuple[dict[str, str], str, str] | None:
     entities: dict[str, str] = {}
     for part in parts[:-1]:
         key, sep, value = part.partition("-")
-        if not sep or not key or not value or key in entities:
-            return None
+        if not sep or key in entities or not _is_label(key) or not _is_label(value):
+            return None  # e.g. atlas-my-atlas: not a BIDS label, not a name we write
         entities[key] = value
+    if not _is_label(parts[-1]):
+        return None
     return entities, parts[-1], dot + ext
+
+
+def _is_label(text: str) -> bool:
+    """A BIDS label: ASCII letters and digits only (what outputs.to_label writes)."""
+    return text.isascii() and text.isalnum()
 
 
 # --------------------------------------------------------------------------
@@ -492,7 +512,10 @@ class _Combination:
             sidecar = json.loads(files.timeseries_json.read_text(encoding="utf-8"))
             if not isinstance(sidecar, dict):
                 raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
+            problem = _sidecar_problem(sidecar)
+            if problem is not None:
+                raise ValueError(f"{problem}; hand-edited? rerun the participant level")
+        except (OSError, ValueError, RecursionError) as exc:
             reasons.append(f"unreadable sidecar ({one_line(exc)})")
             log.warning("cannot read %s: %s", files.timeseries_json, one_line(exc))
             return None
@@ -860,10 +883,16 @@ def _scan_func_dir(func: Path) -> list[RunFiles]:
     series: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
     relmats: dict[tuple[tuple[str, str], ...], Path] = {}
     with os.scandir(func) as it:
-        names = sorted(entry.name for entry in it if entry.is_file())
+        names = sorted(entry.name for entry in it if _file_or_broken_link(entry))
     for name in names:
         parsed = parse_entities(name)
         if parsed is None:
+            if name.endswith(_OUR_ENDINGS):
+                log.warning(
+                    "ignored %s: not a file name bids_spheres writes (entities are "
+                    "key-value pairs of letters and digits joined by '_')",
+                    func / name,
+                )
             continue
         entities, suffix, ext = parsed
         if not {"sub", *_GROUPING} <= entities.keys():
@@ -889,6 +918,52 @@ def _scan_func_dir(func: Path) -> list[RunFiles]:
     return found
 
 
+_OUR_ENDINGS = ("_timeseries.tsv", "_timeseries.json", "_relmat.tsv")
+
+
+def _file_or_broken_link(entry: os.DirEntry[str]) -> bool:
+    """A file, or a symbolic link that cannot be followed (a loop, a dangling link).
+
+    Such a link is kept so that reading it gives its run a row with the reason;
+    ``DirEntry.is_file`` raises on a loop (ELOOP), which must not stop the scan.
+    """
+    try:
+        return entry.is_file()
+    except OSError:
+        return entry.is_symlink()
+
+
+def _sidecar_problem(sidecar: dict[str, Any]) -> str | None:
+    """What is wrong with the types of the sidecar fields the group level uses, or None."""
+    missing = sidecar.get("MissingSeeds")
+    if missing is not None and not (
+        isinstance(missing, list) and all(isinstance(v, str) for v in missing)
+    ):
+        return f"MissingSeeds is {missing!r}, not a list of seed names"
+    seeds = sidecar.get("Seeds")
+    if seeds is None:
+        return None
+    if not isinstance(seeds, dict):
+        return f"Seeds is {type(seeds).__name__}, not an object of seeds"
+    for name, info in seeds.items():
+        if not isinstance(info, dict):
+            return f"Seeds[{name!r}] is {info!r}, not an object"
+        xyz = info.get("CoordinatesMM")
+        if xyz is not None and not (
+            isinstance(xyz, list) and len(xyz) == 3 and all(_number(v) is not None for v in xyz)
+        ):
+            return f"Seeds[{name!r}].CoordinatesMM is {xyz!r}, not 3 numbers"
+        for key in ("Network", "Status"):
+            value = info.get(key)
+            if value is not None and not isinstance(value, str):
+                return f"Seeds[{name!r}].{key} is {value!r}, not a string"
+        for key in ("RadiusMM", "Coverage", "TemporalSNR"):
+            value = info.get(key)
+            if value is not None and _number(value) is None:
+                return f"Seeds[{name!r}].{key} is {value!r}, not a number"
+    return None
+
+
 def _is_pearson(entities: dict[str, str]) -> bool:
     return any(entities.get(k, "").lower() == "pearsoncorrelation" for k in _MEASURE_KEYS)
 
@@ -905,7 +980,7 @@ def _read_relmat(path: Path) -> tuple[list[str], np.ndarray]:
     """Seed names and values of a relmat TSV (header = names, optional label column)."""
     import pandas as pd
 
-    table = pd.read_csv(path, sep="\t", na_values=_NA_VALUES, keep_default_na=False)
+    table = pd.read_csv(path, **_TSV_READ)
     n_rows, n_cols = table.shape
     if n_cols == n_rows + 1 and not pd.api.types.is_numeric_dtype(table.dtypes.iloc[0]):
         labels = [str(v) for v in table.iloc[:, 0]]
@@ -928,7 +1003,7 @@ def _correlation_from_timeseries(path: Path) -> tuple[list[str], np.ndarray]:
     """Pearson correlation of the seeds with a complete timeseries (as the participant level)."""
     import pandas as pd
 
-    table = pd.read_csv(path, sep="\t", na_values=_NA_VALUES, keep_default_na=False)
+    table = pd.read_csv(path, **_TSV_READ)
     names = [str(c) for c in table.columns]
     values = table.to_numpy(dtype=np.float64)
     n = len(names)

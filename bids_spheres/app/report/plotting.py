@@ -13,15 +13,20 @@ variable ``TEMPLATEFLOW_HOME`` is set and already holds one of
 ``tpl-<Space>/tpl-<Space>_res-*_{desc-brain_T1w,T1w,desc-brain_mask}.nii.gz``
 (``templateflow`` is never imported, nothing is downloaded); otherwise the
 outline is an ellipse around the extent of the MNI152 brain, labelled as such.
+
+Seed and network names are drawn as plain text, exactly as written: every
+figure is drawn and saved with ``text.parse_math`` off (a temporary
+``rc_context``), so ``$`` in a name is a dollar sign, never mathtext.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +56,19 @@ _AXIS = "xyz"
 _DPI = 96
 
 
+def _plain_text(draw: Callable[..., str]) -> Callable[..., str]:
+    """Run a figure function with mathtext off: its texts and tick labels are literal."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        import matplotlib as mpl
+
+        with mpl.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
 def network_order(networks: Sequence[Any]) -> tuple[np.ndarray, list[str], list[str]]:
     """Order seeds by network.
 
@@ -77,6 +95,7 @@ def network_order(networks: Sequence[Any]) -> tuple[np.ndarray, list[str], list[
     return order, labels, groups
 
 
+@_plain_text
 def seeds_figure(seeds: pd.DataFrame, space: str | None = None) -> str:
     """Seeds in three orthogonal projections on a brain, coloured by network.
 
@@ -186,6 +205,7 @@ def seeds_figure(seeds: pd.DataFrame, space: str | None = None) -> str:
     return _png(fig)
 
 
+@_plain_text
 def connectome_figure(matrix: np.ndarray, seeds: pd.DataFrame, title: str) -> str:
     """Heat map of a seed-by-seed matrix ordered by network, n/a in grey.
 
@@ -239,6 +259,7 @@ def connectome_figure(matrix: np.ndarray, seeds: pd.DataFrame, title: str) -> st
     return _png(fig)
 
 
+@_plain_text
 def motion_figure(
     mean_fd: Sequence[float | None],
     kept: Sequence[float | None],
@@ -279,6 +300,7 @@ def motion_figure(
     return _png(fig)
 
 
+@_plain_text
 def coverage_figure(seeds: pd.DataFrame) -> str:
     """Per seed (ordered by network): mean coverage, and fraction of runs where missing."""
     order, labels, groups = network_order(seeds["network"].tolist())
