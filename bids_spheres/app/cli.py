@@ -354,8 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except (Terminated, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, Terminated) else 130
+        why = one_line(exc) if isinstance(exc, Terminated) else "interrupted"
         _stop(config)
-        print(f"bids_spheres: {one_line(exc) or 'interrupted'}; stopped", file=sys.stderr)
+        print(f"bids_spheres: {why}; stopped", file=sys.stderr)
         return code
     except MemoryError:
         print(

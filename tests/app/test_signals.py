@@ -162,9 +162,16 @@ def _check_nothing_left(proc: subprocess.Popen[str], seen: set[int], out: Path) 
     return err
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(
+    ("signum", "code", "why"),
+    [
+        (signal.SIGTERM, 143, "terminated by SIGTERM"),
+        (signal.SIGHUP, 129, "terminated by SIGHUP"),
+        (signal.SIGINT, 130, "interrupted"),  # Ctrl-C
+    ],
+)
 def test_signal_mid_run_stops_every_worker(
-    demo_three_subjects: DemoInfo, tmp_path: Path, signum: int, code: int
+    demo_three_subjects: DemoInfo, tmp_path: Path, signum: int, code: int, why: str
 ) -> None:
     out = tmp_path / "out"
     proc = _start(demo_three_subjects, out, blocking=True)
@@ -173,8 +180,7 @@ def test_signal_mid_run_stops_every_worker(
     proc.send_signal(signum)
     err = _check_nothing_left(proc, seen, out)
     assert proc.returncode == code, err
-    name = signal.Signals(signum).name
-    assert err.strip().splitlines()[-1] == f"bids_spheres: terminated by {name}; stopped"
+    assert err.strip().splitlines()[-1] == f"bids_spheres: {why}; stopped"
     assert not list(out.glob("sub-*/func/*_timeseries.tsv"))  # no run finished
 
 
