@@ -63,6 +63,15 @@ class OutputError(BidsSpheresError, OSError):
     exit_code = 73
 
 
+class OutputUnavailableError(OutputError):
+    """The output's file system takes no more writes: full, over quota, read-only (exit 73).
+
+    Unlike other output errors (a conflicting file, a symlinked folder) it is no
+    fault of the run that met it: the participant level stops instead of failing
+    every remaining run the same way.
+    """
+
+
 class Terminated(BaseException):
     """The process received SIGTERM/SIGHUP/SIGINT (exit code 128 + the signal number).
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -130,7 +131,7 @@ def stop_workers(timeout: float = 5.0) -> None:
     cancelled. Safe to call more than once, and from a signal's unwinding.
     """
     pools = list(_LIVE_POOLS)
-    processes = [p for pool in pools for p in list((pool._processes or {}).values())]
+    processes = multiprocessing.active_children()  # the pools' workers, the indexing child
     for pool in pools:
         pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:

@@ -83,7 +83,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bids_spheres.errors import DataError, OutputError
+from bids_spheres.errors import DataError, OutputError, OutputUnavailableError
 
 __all__ = [
     "BIDSIGNORE_PATTERNS",
@@ -1298,6 +1298,8 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
         message = f"cannot write {path}: it is a directory; remove it or choose another name"
     else:
         message = f"cannot write {path}: {reason}; check the output directory"
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return OutputUnavailableError(message.replace("\n", " "))
     return OutputError(message.replace("\n", " "))
 
 

@@ -50,6 +50,7 @@ from bids_spheres.errors import (
     DataError,
     MissingInputError,
     OutputError,
+    OutputUnavailableError,
     one_line,
 )
 from bids_spheres.masker import NiftiSpheresMasker, load_mask, reading, resample_mask
@@ -160,9 +161,10 @@ class Signals:
 def process_run(task: RunTask) -> RunResult:
     """Extract, clean and write one run; failures become a RunResult.
 
-    Raises only :class:`~bids_spheres.errors.OutputError`: the output cannot be
-    written (disk full, quota, read-only file system, not writable), which is
-    no fault of this run and stops the job (exit 73).
+    Raises only :class:`~bids_spheres.errors.OutputUnavailableError`: the output's
+    file system takes no more writes (disk full, quota, read-only), which is no
+    fault of this run and stops the job (exit 73). Any other output error (a
+    conflicting file, a symlinked folder) fails this run alone.
     """
     run = task.run
     try:
@@ -170,11 +172,11 @@ def process_run(task: RunTask) -> RunResult:
     except confounds.TooFewVolumesError as exc:
         log.warning("skipped %s: %s", run.bold.name, one_line(exc))
         return RunResult(str(run.bold), "skipped", one_line(exc))
-    except OutputError:
+    except OutputUnavailableError:
         raise
     except OSError as exc:
-        if exc.errno in _CANNOT_WRITE:
-            raise OutputError(
+        if exc.errno in _CANNOT_WRITE and not isinstance(exc, OutputError):
+            raise OutputUnavailableError(
                 f"cannot write {exc.filename or task.config.output_dir}: "
                 f"{exc.strerror or exc}; free space or raise the quota, or choose another "
                 "output directory"
