@@ -131,9 +131,14 @@ def stop_workers(timeout: float = 5.0) -> None:
     cancelled. Safe to call more than once, and from a signal's unwinding.
     """
     pools = list(_LIVE_POOLS)
-    processes = multiprocessing.active_children()  # the pools' workers, the indexing child
+    if not pools:
+        return
+    # the pools' workers and the indexing child: this process's multiprocessing children
+    # less those it had before its first live pool (a host application's own)
+    foreign = set.intersection(*(pool.foreign for pool in pools))
+    processes = [p for p in multiprocessing.active_children() if p.pid not in foreign]
     for pool in pools:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
@@ -149,7 +154,7 @@ def stop_workers(timeout: float = 5.0) -> None:
 # private helpers
 
 
-_LIVE_POOLS: set[ProcessPoolExecutor] = set()
+_LIVE_POOLS: set[_pool] = set()
 _IS_WORKER = False  # this process is a pool worker or indexing child
 _IN_RUN = False  # in a worker: a run is being processed (SIGTERM unwinds it)
 _FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -163,10 +168,11 @@ class _pool:
     """
 
     def __init__(self, n_workers: int) -> None:
+        self.foreign = {p.pid for p in multiprocessing.active_children()}
         self.executor = ProcessPoolExecutor(
             max_workers=n_workers, initializer=_init_worker, initargs=(os.getpid(),)
         )
-        _LIVE_POOLS.add(self.executor)
+        _LIVE_POOLS.add(self)
 
     def __enter__(self) -> ProcessPoolExecutor:
         return self.executor
@@ -174,7 +180,7 @@ class _pool:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.executor.shutdown(wait=True)
-            _LIVE_POOLS.discard(self.executor)
+            _LIVE_POOLS.discard(self)
         else:
             stop_workers()
 
@@ -195,18 +201,32 @@ def _init_worker(parent_pid: int) -> None:
             libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):  # no libc prctl: the watchdog below remains
             pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    # The direct parent is the coordinator (start method "fork") or the forkserver
+    # ("forkserver", the default from Python 3.14), which exits with the coordinator.
+    parent = os.getppid()
+    if not _alive(parent_pid):  # the coordinator died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(parent, parent_pid), daemon=True).start()
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """In a worker: SIGTERM itself once the parent process is gone (reparented)."""
+def _watch_parent(parent: int, coordinator: int) -> None:
+    """In a worker: SIGTERM itself once its parent or the coordinator is gone."""
     import time
 
-    while os.getppid() == parent_pid:
+    while os.getppid() == parent and _alive(coordinator):
         time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _worker_signal(signum: int, frame: Any) -> None:
