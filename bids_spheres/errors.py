@@ -64,7 +64,7 @@ class OutputError(BidsSpheresError, OSError):
 
 
 class OutputUnavailableError(OutputError):
-    """The output's file system takes no more writes: full, over quota, read-only (exit 73).
+    """The output takes no more writes: disk full, over quota, read-only, file-size limit (73).
 
     Unlike other output errors (a conflicting file, a symlinked folder) it is no
     fault of the run that met it: the participant level stops instead of failing

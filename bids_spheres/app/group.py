@@ -284,9 +284,17 @@ def find_runs(
             continue
         if keep is not None and sub_dir.name.removeprefix("sub-") not in keep:
             continue
-        for func in [sub_dir / "func", *sorted(sub_dir.glob("ses-*/func"))]:
-            if func.is_dir():
-                found.extend(_scan_func_dir(func))
+        try:
+            funcs = [sub_dir / "func", *sorted(sub_dir.glob("ses-*/func"))]
+        except OSError as exc:
+            _warn_unreadable(sub_dir, exc)
+            continue
+        for func in funcs:
+            try:
+                if func.is_dir():
+                    found.extend(_scan_func_dir(func))
+            except OSError as exc:  # e.g. no permission: its runs cannot even be listed
+                _warn_unreadable(func, exc)
     found.sort(key=lambda f: (f.subject, str(f.any_path)))
     return filter_runs(found, session_label=session_label, task=task, run=run)
 
@@ -878,6 +886,15 @@ _SEEDS_SIDECAR: dict[str, Any] = {
 # private helpers
 
 
+def _warn_unreadable(folder: Path, exc: OSError) -> None:
+    log.warning(
+        "cannot read the folder %s (%s); its runs are left out of the group level -- fix "
+        "its permissions and run the group level again",
+        folder,
+        exc.strerror or exc,
+    )
+
+
 def _scan_func_dir(func: Path) -> list[RunFiles]:
     """Pair timeseries TSV/JSON and relmat files of one func directory by their entities."""
     series: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
@@ -1038,7 +1055,10 @@ def _bids_subjects(config: RunConfig) -> tuple[set[str], list[Path]]:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        return None
     return value if math.isfinite(value) else None
 
 

@@ -1298,7 +1298,7 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
         message = f"cannot write {path}: it is a directory; remove it or choose another name"
     else:
         message = f"cannot write {path}: {reason}; check the output directory"
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):  # so will the next runs
         return OutputUnavailableError(message.replace("\n", " "))
     return OutputError(message.replace("\n", " "))
 

@@ -162,7 +162,7 @@ def process_run(task: RunTask) -> RunResult:
     """Extract, clean and write one run; failures become a RunResult.
 
     Raises only :class:`~bids_spheres.errors.OutputUnavailableError`: the output's
-    file system takes no more writes (disk full, quota, read-only), which is no
+    file system takes no more writes (disk full, quota, read-only, file-size limit), which is no
     fault of this run and stops the job (exit 73). Any other output error (a
     conflicting file, a symlinked folder) fails this run alone.
     """
@@ -188,7 +188,7 @@ def process_run(task: RunTask) -> RunResult:
         return RunResult(str(run.bold), "failed", one_line(exc))
 
 
-_CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def _steps(task: RunTask) -> RunResult:
@@ -226,9 +226,13 @@ def plan(task: RunTask) -> Plan:
     paths = outputs.run_paths(
         config.output_dir, run.entities, atlas=seed_set.label, desc=strategy_label
     )
+    cleaning = config.cleaning_parameters()
+    for key in ("mask", "denoise_strategy"):  # a file given here is stamped by its content
+        if isinstance(cleaning[key], str) and os.sep in cleaning[key]:
+            cleaning[key] = Path(cleaning[key]).name  # (inputs, strategy), not by its mount
     params = {
         "version": __version__,
-        "cleaning": config.cleaning_parameters(),
+        "cleaning": cleaning,
         "strategy": strategy.to_dict(),
         "seeds": seed_set.to_dataframe().to_dict(orient="list"),
         "t_r": run.t_r,
@@ -572,13 +576,20 @@ def _mask_for(config: RunConfig, run: discovery.RunInputs) -> tuple[Any, str]:
             )
         return run.mask, str(run.mask.name)
     if config.mask == "template":
-        path = _template_mask(config.space, run.entities.get("res") or config.res)
+        path = _template_mask(
+            config.space,
+            run.entities.get("res") or config.res,
+            run.entities.get("cohort") or config.cohort,
+        )
         return path, f"TemplateFlow {path.name}"
     return Path(config.mask), str(config.mask)
 
 
-def _template_mask(space: str, res: str | None) -> Path:
-    """The TemplateFlow brain mask of ``space`` (imported lazily; never downloads)."""
+def _template_mask(space: str, res: str | None, cohort: str | None = None) -> Path:
+    """The TemplateFlow brain mask of ``space`` (and ``cohort``, ``res``), never downloaded.
+
+    templateflow is imported lazily, only here.
+    """
     home = Path(os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow")).expanduser()
     if not home.is_dir() or not any(home.iterdir()):
         # importing templateflow here would try to download its skeleton
@@ -597,12 +608,15 @@ def _template_mask(space: str, res: str | None) -> Path:
     query: dict[str, Any] = {"desc": "brain", "suffix": "mask", "extension": ".nii.gz"}
     if res is not None:
         query["resolution"] = res
+    if cohort is not None:
+        query["cohort"] = cohort
     found = tflow.ls(space, **query)
     found = [Path(p) for p in (found if isinstance(found, list) else [found]) if p]
     local = [p for p in found if p.is_file() and p.stat().st_size > 0]
     if not local:
         raise MissingInputError(
             f"the TemplateFlow brain mask of {space}"
+            f"{' cohort-' + str(cohort) if cohort else ''}"
             f"{' res-' + str(res) if res else ''} is not available locally in "
             f"TEMPLATEFLOW_HOME={home}; fetch it where there is internet "
             f"(python -c \"from templateflow import api; api.get('{space}', desc='brain', "
@@ -611,7 +625,8 @@ def _template_mask(space: str, res: str | None) -> Path:
     if len(local) > 1:
         raise DataError(
             f"several TemplateFlow brain masks match {space} ({', '.join(p.name for p in local)});"
-            f" give the resolution with --space {space}:res-N"
+            f" give the {'resolution' if cohort or res else 'cohort and resolution'} with "
+            f"--space {space}{':cohort-C' if not cohort else ''}{':res-N' if not res else ''}"
         )
     return local[0]
 

@@ -29,7 +29,7 @@ from bids_spheres import __version__
 from bids_spheres.app import confounds, discovery, execution, outputs, seeds
 from bids_spheres.app.config import RunConfig
 from bids_spheres.app.run import RunResult, RunTask, process_run
-from bids_spheres.errors import NothingSelectedError
+from bids_spheres.errors import NothingSelectedError, UsageError
 
 # RunResult and process_run live in bids_spheres.app.run; also importable from here.
 __all__ = ["RunResult", "RunTask", "group", "participant", "process_run"]
@@ -40,10 +40,17 @@ log = logging.getLogger("bids_spheres")
 def participant(config: RunConfig) -> int:
     """Run the participant level; return the exit code (0 ok, 1 some runs failed)."""
     discovery.check_bids_dir(config.bids_dir, skip_validator=config.skip_bids_validator)
+    raw_root, fmriprep_root = discovery.find_fmriprep_dir(config.bids_dir, config.derivatives)
+    for name, root in (("fMRIPrep dataset", fmriprep_root), ("raw dataset", raw_root)):
+        # checked before anything is created: the inputs stay untouched
+        if root is not None and config.output_dir.resolve() == root.resolve():
+            raise UsageError(
+                f"output_dir {config.output_dir} is the {name} {root} itself; write the "
+                f"derivatives elsewhere, e.g. {root}/derivatives/bids_spheres"
+            )
     outputs.prepare_dir(config.output_dir, "output_dir")
     outputs.prepare_dir(config.work_dir, "work directory")
 
-    raw_root, fmriprep_root = discovery.find_fmriprep_dir(config.bids_dir, config.derivatives)
     # The pybids index grows with the input tree (~40 KB per run); building and querying
     # it in a short-lived child keeps the coordinating process small: it only receives
     # the list of runs, and pybids is imported only there (tests/app/test_imports.py).

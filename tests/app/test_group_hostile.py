@@ -168,3 +168,46 @@ def test_odd_seed_and_network_names_round_trip_to_the_group_and_report(
     assert {ODD_SEED, MATH_SEED, MATH_NETWORK} <= texts  # drawn exactly as named
     assert "qb" not in texts
     assert not [text for text, math in drawn if "$" in text and math]  # no mathtext
+
+
+def test_unreadable_func_folder_is_a_warning_not_an_abort(
+    written: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    demo_one_run: DemoInfo,
+) -> None:
+    """A participant's func folder that cannot be listed (root ignores permissions, so
+    os.scandir is made to fail for it) leaves its runs out with a warning naming it;
+    the other participant's runs are summarized and the report is written."""
+    import os
+
+    out = _copy(written, tmp_path)
+    blocked = next(out.glob("sub-02/func"))
+    real_scandir = os.scandir
+
+    def scandir(path=None):
+        if path is not None and Path(path) == blocked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path) if path is not None else real_scandir()
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING, logger="bids_spheres"):
+        code = _group(demo_one_run, out)
+    assert code == 0
+    assert (out / "group" / "report.html").is_file()
+    assert f"cannot read the folder {blocked} (Permission denied)" in caplog.text
+    assert set(_runs_table(out)["participant_id"]) == {"sub-01"}
+
+
+def test_a_huge_integer_in_a_sidecar_is_an_excluded_value_not_an_abort(
+    written: Path, tmp_path: Path, demo_one_run: DemoInfo
+) -> None:
+    out = _copy(written, tmp_path)
+    sidecar = next(out.glob("sub-01/func/*_timeseries.json"))
+    text = sidecar.read_text()
+    data = json.loads(text)
+    data["MeanFramewiseDisplacement"] = 10**400
+    sidecar.write_text(json.dumps(data))
+    assert _group(demo_one_run, out) == 0
+    assert (out / "group" / "report.html").is_file()

@@ -116,7 +116,7 @@ def test_every_input_file_is_in_the_parameters_hash(
         mask = str(shutil.copy2(fmriprep_mask, tmp_path / "mymask.nii.gz"))
     elif mask == "template":
         template = shutil.copy2(fmriprep_mask, tmp_path / "tpl-X_res-02_desc-brain_mask.nii.gz")
-        monkeypatch.setattr(run, "_template_mask", lambda space, res: Path(template))
+        monkeypatch.setattr(run, "_template_mask", lambda space, res, cohort=None: Path(template))
     task = _task(root, tmp_path / "out", mask=mask, strategy=strategy)
     files = {
         "bold": bold,
@@ -326,3 +326,35 @@ def test_output_dir_linking_to_the_input_is_refused_before_anything_is_created(
     assert main([str(small.root), str(link), "participant"]) == 64
     assert "is the input dataset" in capsys.readouterr().err
     assert sorted(p.name for p in small.root.iterdir()) == before
+
+
+def test_output_dir_that_is_the_found_fmriprep_dataset_is_refused_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bids_dir is the raw dataset; output_dir is the fMRIPrep dataset found inside it
+    (not given with --derivatives): refused with 64 before .work is made inside it."""
+    from bids_spheres.app.demo import build_dataset
+
+    demo = build_dataset(
+        tmp_path / "raw", layout="raw+derivatives", n_subjects=1, n_runs=1, n_volumes=40
+    )
+    before = sorted(p.name for p in demo.fmriprep_dir.iterdir())
+    assert main([str(demo.root), str(demo.fmriprep_dir), "participant"]) == 64
+    assert "is the fMRIPrep dataset" in capsys.readouterr().err
+    assert sorted(p.name for p in demo.fmriprep_dir.iterdir()) == before
+
+
+def test_hash_of_a_mask_file_does_not_depend_on_its_directory(
+    small: DemoInfo, tmp_path: Path
+) -> None:
+    """``--mask PATH``: the same mask file at two mounts gives one hash, other content another."""
+    mask = _func(small.root, "*space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz")
+    one, two = tmp_path / "one" / "mask.nii.gz", tmp_path / "two" / "mask.nii.gz"
+    for path in (one, two):
+        path.parent.mkdir()
+        shutil.copyfile(mask, path)
+    a = run.plan(_task(small.root, tmp_path / "out", mask=str(one))).digest
+    b = run.plan(_task(small.root, tmp_path / "out", mask=str(two))).digest
+    assert a == b
+    _same_size_edit(two)
+    assert run.plan(_task(small.root, tmp_path / "out", mask=str(two))).digest != a
