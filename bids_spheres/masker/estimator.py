@@ -704,47 +704,50 @@ _MISSING_TOKENS = frozenset({"n/a", "na", "nan", ""})
 def _read_confounds_file(path: Path) -> np.ndarray:
     """The numeric table of a CSV, TSV or whitespace-separated text file (SPM ``rp_*.txt``).
 
-    The separator is a tab if the first line holds one, else a comma if it holds
-    one, else runs of whitespace. A first line that is not all numbers is a header
-    and skipped. ``n/a``, ``NA``, ``nan`` and empty fields are NaN (as pandas'
-    ``read_csv`` reads them); any other non-numeric value, or rows of unequal
-    length, raise ValueError naming the line.
+    Read by ``numpy.loadtxt``. The separator is a tab if the first line holds one,
+    else a comma if it holds one, else runs of whitespace. A first line that is not
+    all numbers is a header and skipped. ``n/a``, ``NA``, ``nan`` and empty fields
+    are NaN (as pandas' ``read_csv`` reads them); any other non-numeric value, or
+    rows of unequal length, raise ValueError naming the file.
     """
     with open(path, encoding="utf-8", errors="replace") as fh:
-        lines = fh.read().splitlines()
-    first = lines[0] if lines else ""
+        first = fh.readline()
     sep = "\t" if "\t" in first else ("," if "," in first else None)
-    rows: list[list[float]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        tokens = [tok.strip() for tok in line.split(sep)]
-        values = [_confound_value(tok) for tok in tokens]
-        if None in values:
-            if number == 1:
-                continue  # the header
-            bad = tokens[values.index(None)]
-            raise ValueError(
-                f"cannot read {path} as a numeric confounds table (line {number}: {bad!r} is "
-                "not a number); every value must be a number or n/a"
+    header = any(_confound_value(tok) is None for tok in first.split(sep))
+    try:
+        with warnings.catch_warnings():  # an empty table is reported below, as an error
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data")
+            table = np.loadtxt(
+                path,
+                delimiter=sep,
+                skiprows=1 if header else 0,
+                converters=_confound_or_raise,
+                ndmin=2,
+                encoding="utf-8",
             )
-        if rows and len(values) != len(rows[0]):
-            raise ValueError(
-                f"cannot read {path} as a numeric confounds table (line {number} has "
-                f"{len(values)} values, the first row {len(rows[0])}); every row needs one "
-                "value per confound"
-            )
-        rows.append(values)
-    if not rows:
+    except ValueError as exc:
+        raise ValueError(
+            f"cannot read {path} as a numeric confounds table ({exc}); every value must be a "
+            "number or n/a, one row per volume"
+        ) from exc
+    if table.size == 0:
         raise ValueError(f"{path} holds no confound values; give one row per volume")
-    return np.asarray(rows, dtype=np.float64)
+    return table
 
 
 def _confound_value(token: str) -> float | None:
     """A confounds file's token as a float (NaN for missing), None when it is not a number."""
+    token = token.strip()
     if token.lower() in _MISSING_TOKENS:
         return float("nan")
     try:
         return float(token)
     except ValueError:
         return None
+
+
+def _confound_or_raise(token: str) -> float:
+    value = _confound_value(token)
+    if value is None:
+        raise ValueError(f"{token.strip()!r} is not a number")
+    return value
