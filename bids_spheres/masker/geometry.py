@@ -61,6 +61,10 @@ _CHUNK_POINTS = 1 << 18  # candidate voxels examined at once by _compute
 #: voxels is ~1.6 GB -- a 100 mm sphere on a 1 mm grid needs 8.4 million. A larger
 #: box is a ValueError naming the seed and radius instead of a MemoryError.
 MAX_BOX_VOXELS = 1 << 24
+#: Most sphere voxels of all seeds together (one sparse entry each, ~40 bytes while
+#: the membership is built: 2**26 is ~2.7 GB; Power 264 at r = 5 mm on a 2 mm grid
+#: holds ~17,000). More is a ValueError naming the total instead of a MemoryError.
+MAX_TOTAL_VOXELS = 1 << 26
 #: Largest |voxel coordinate| of a seed: beyond it the box corners overflow int64
 #: arithmetic; a seed that far from a grid is a coordinate typo.
 _MAX_VOXEL_COORD = 1e9
@@ -350,6 +354,19 @@ def _check_boxes(
         )
 
 
+def _check_total(radii: np.ndarray, voxel_volume: float, grid_voxels: int) -> None:
+    """Refuse spheres whose voxels, all seeds together, exceed :data:`MAX_TOTAL_VOXELS`."""
+    with np.errstate(over="ignore"):
+        each = 4.0 / 3.0 * np.pi * radii**3 / voxel_volume + 1.0
+    total = float(np.minimum(each, grid_voxels).sum())
+    if not total <= MAX_TOTAL_VOXELS:
+        raise ValueError(
+            f"the {radii.size} spheres would hold ~{total:.3g} voxels in all on this grid, "
+            f"more than {MAX_TOTAL_VOXELS} (~{MAX_TOTAL_VOXELS * 40 / 1e9:.1f} GB); give "
+            "smaller radii or fewer seeds"
+        )
+
+
 def _compute(
     seeds: np.ndarray,
     radii: np.ndarray,
@@ -365,6 +382,7 @@ def _compute(
     extent_per_mm = np.sqrt(np.sum(inv_rot**2, axis=1))
     half = radii[:, np.newaxis] * extent_per_mm
     _check_boxes(seeds, radii, seed_vox, half)
+    _check_total(radii, abs(float(np.linalg.det(rot))), int(np.prod(shape)))
     nearest = np.rint(seed_vox).astype(np.int64)
     lo = np.floor(seed_vox - half).astype(np.int64) - 1
     hi = np.ceil(seed_vox + half).astype(np.int64) + 2

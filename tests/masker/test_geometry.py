@@ -167,3 +167,15 @@ def test_huge_radius_is_a_value_error_not_memory_error(radius: float) -> None:
 def test_seed_far_from_any_grid_is_a_value_error() -> None:
     with pytest.raises(ValueError, match=r"seed #0 at \(1e\+30, 0.0, 0.0\) mm lies more than"):
         spheres.membership(np.array([[1e30, 0, 0]]), np.array([2.0]), np.eye(4), (8, 8, 8))
+
+
+def test_spheres_too_large_all_together_are_a_value_error() -> None:
+    """264 seeds of 100 mm on a 1 mm MNI grid (~1.1e9 voxels in all): a ValueError naming
+    the total, raised before anything is allocated, not a MemoryError."""
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (-96, -132, -78)
+    seeds = np.random.default_rng(0).uniform(-50, 50, size=(264, 3))
+    with pytest.raises(ValueError, match=r"264 spheres would hold ~1\.\d+e\+09 voxels in all"):
+        spheres.membership(seeds, np.full(264, 100.0), affine, (193, 229, 193))
+    small = spheres.membership(seeds, np.full(264, 5.0), affine, (193, 229, 193))
+    assert small.sizes.min() > 400  # the bound leaves ordinary spheres alone
