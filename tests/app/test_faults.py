@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_participant as _run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,21 +34,6 @@ def _bold(data: Path) -> Path:
 
 def _confounds(data: Path) -> Path:
     return next(data.glob("sub-01/func/*run-1*_desc-confounds_timeseries.tsv"))
-
-
-def _run(data: Path, out: Path, *extra: str) -> int:
-    return main(
-        [
-            str(data),
-            str(out),
-            "participant",
-            "--seeds",
-            str(data / "code" / "demo_seeds.tsv"),
-            "--work-dir",
-            str(out.parent / "work"),
-            *extra,
-        ]
-    )
 
 
 def _outputs(out: Path) -> list[Path]:

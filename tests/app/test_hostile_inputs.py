@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_participant as _run
 
 from bids_spheres.app import discovery
 from bids_spheres.app.cli import main
@@ -24,21 +25,6 @@ CopyDemo = Callable[[DemoInfo, Path], DemoInfo]
 def data(demo_one_run: DemoInfo, copy_demo: CopyDemo, tmp_path: Path) -> Path:
     """A private copy of the 2-subject x 1-run demo (its fMRIPrep folder is its root)."""
     return copy_demo(demo_one_run, tmp_path / "ds").fmriprep_dir
-
-
-def _run(data: Path, out: Path, *extra: str) -> int:
-    return main(
-        [
-            str(data),
-            str(out),
-            "participant",
-            "--seeds",
-            str(data / "code" / "demo_seeds.tsv"),
-            "--work-dir",
-            str(out.parent / "work"),
-            *extra,
-        ]
-    )
 
 
 def _written(out: Path) -> list[str]:

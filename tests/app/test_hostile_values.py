@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_participant as _run
 
 from bids_spheres.app.cli import main
 from bids_spheres.app.demo import DemoInfo
@@ -15,21 +16,6 @@ from bids_spheres.app.demo import DemoInfo
 
 def _bold(data: Path, run: str = "1") -> Path:
     return next(data.glob(f"sub-01/func/*run-{run}*_desc-preproc_bold.nii.gz"))
-
-
-def _run(data: Path, out: Path, *extra: str) -> int:
-    return main(
-        [
-            str(data),
-            str(out),
-            "participant",
-            "--seeds",
-            str(data / "code" / "demo_seeds.tsv"),
-            "--work-dir",
-            str(out.parent / "work"),
-            *extra,
-        ]
-    )
 
 
 def _outputs(out: Path) -> list[Path]:
