@@ -22,6 +22,7 @@ participant then group level.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -343,7 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bids_spheres.app import workflow
         from bids_spheres.app.config import RunConfig
 
-        config = RunConfig.from_args(args)
+        config = dataclasses.replace(
+            RunConfig.from_args(args),
+            command_line=("bids_spheres", *(sys.argv[1:] if argv is None else argv)),
+        )
         if config.analysis_level == "participant":
             return workflow.participant(config)
         return workflow.group(config)

@@ -122,6 +122,9 @@ class RunConfig:
     skip_bids_validator: bool = False
     verbose: int = 0
     quiet: bool = False
+    #: The command line as given (program name first), for provenance only: it never
+    #: enters the parameters hash (bids_spheres.app.provenance.portable_command_line).
+    command_line: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
