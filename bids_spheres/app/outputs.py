@@ -106,11 +106,13 @@ __all__ = [
     "run_paths",
     "seed_table_paths",
     "to_label",
+    "upstream_generated_by",
     "write_bidsignore",
     "write_dataset_description",
     "write_json",
     "write_run",
     "write_seed_table",
+    "write_text_if_absent",
     "write_tsv",
 ]
 
@@ -141,6 +143,7 @@ BIDSIGNORE_PATTERNS = (
     "*_relmat.*",
     "atlas-*_seeds.*",
     "group",
+    "logs",
     LOCK_NAME,
 )
 
@@ -778,9 +781,13 @@ def write_dataset_description(
     URIs in ``Sources`` resolve).
 
     Under :func:`dataset_lock`: no file -> write it; an identical one (same
-    JSON content) -> leave it; a different one -> :class:`OutputError`. The
-    description is never merged: a dataset written by another bids_spheres
-    version or from other inputs needs its own output directory.
+    JSON content) -> leave it; one that differs only in where the inputs are
+    (``DatasetLinks``) or how bids_spheres ran (``GeneratedBy[0].Container``)
+    -> replaced, so that the links resolve from where the data are now (the
+    same data from another mount point, or in the container); any other
+    difference -> :class:`OutputError`. The description is never merged: a
+    dataset written by another bids_spheres version or from other inputs needs
+    its own output directory.
 
     Parameters
     ----------
@@ -827,7 +834,7 @@ def write_dataset_description(
         "Name": DATASET_NAME,
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [ours, *_upstream_generated_by(fmriprep_description)],
+        "GeneratedBy": [ours, *upstream_generated_by(fmriprep_description)],
         "SourceDatasets": [dict(entry) for entry in source_datasets],
         "DatasetLinks": dict(dataset_links),
     }
@@ -839,8 +846,22 @@ def write_dataset_description(
         if existing is None:
             atomic_write_text(path, text)
         elif existing != wanted:
-            raise OutputError(_describe_conflict(path, existing))
+            if _description_identity(existing) != _description_identity(wanted):
+                raise OutputError(_describe_conflict(path, existing))
+            atomic_write_text(path, text)  # same dataset, seen from another place
     return path
+
+
+def _description_identity(description: Any) -> Any:
+    """A ``dataset_description.json`` without what depends on the machine it ran on."""
+    if not isinstance(description, dict):
+        return description
+    out = {key: value for key, value in description.items() if key != "DatasetLinks"}
+    generated = out.get("GeneratedBy")
+    if isinstance(generated, list) and generated and isinstance(generated[0], dict):
+        first = {key: value for key, value in generated[0].items() if key != "Container"}
+        out["GeneratedBy"] = [first, *generated[1:]]
+    return out
 
 
 def write_bidsignore(output_dir: str | os.PathLike[str]) -> Path:
@@ -929,12 +950,35 @@ def write_seed_table(
             if same:
                 return tsv_path
             raise OutputError(
-                f"{tsv_path} already holds a different seed set named {atlas!r}: "
-                "give this seed set another name or use a new output directory"
+                f"{tsv_path} already holds a different seed set named {atlas!r} (other "
+                "seeds, or other radii: --radius): give this seed set another name or use "
+                "a new output directory"
             )
         atomic_write_text(tsv_path, tsv_text)
         atomic_write_text(json_path, json_text)
     return tsv_path
+
+
+def write_text_if_absent(output_dir: str | os.PathLike[str], name: str, text: str) -> Path:
+    """Write ``output_dir/name`` unless it exists (a user's edits are kept).
+
+    Runs under :func:`dataset_lock`; used for the dataset's ``README.md``.
+
+    Returns
+    -------
+    Path
+        The path of the file.
+
+    Raises
+    ------
+    OutputError
+        If it cannot be written.
+    """
+    with dataset_lock(output_dir) as root:
+        path = root / name
+        if not path.exists():
+            atomic_write_text(path, text)
+    return path
 
 
 # ---------------------------------------------------------------- internals
@@ -1334,7 +1378,7 @@ def _describe_conflict(path: Path, existing: Any) -> str:
     )
 
 
-def _upstream_generated_by(description: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def upstream_generated_by(description: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """``GeneratedBy`` entries of the input dataset (legacy ``PipelineDescription`` too)."""
     if not description:
         return []

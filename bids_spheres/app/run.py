@@ -43,7 +43,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_spheres import __version__
-from bids_spheres.app import confounds, discovery, outputs, seeds
+from bids_spheres.app import confounds, discovery, outputs, provenance, seeds
 from bids_spheres.app.config import RunConfig
 from bids_spheres.errors import (
     BidsSpheresError,
@@ -66,6 +66,7 @@ __all__ = [
     "Signals",
     "extract",
     "input_files",
+    "input_links",
     "mask_on_grid",
     "open_bold",
     "place_spheres",
@@ -226,25 +227,34 @@ def plan(task: RunTask) -> Plan:
     paths = outputs.run_paths(
         config.output_dir, run.entities, atlas=seed_set.label, desc=strategy_label
     )
-    cleaning = config.cleaning_parameters()
-    for key in ("mask", "denoise_strategy"):  # a file given here is stamped by its content
-        if isinstance(cleaning[key], str) and os.sep in cleaning[key]:
-            cleaning[key] = Path(cleaning[key]).name  # (inputs, strategy), not by its mount
+    links = input_links(task)
+    # a file given as --mask or --denoise-strategy is named portably and stamped by its
+    # content (inputs, strategy), never by where it is mounted
     params = {
         "version": __version__,
-        "cleaning": cleaning,
+        "cleaning": _portable_cleaning(config, links),
         "strategy": strategy.to_dict(),
         "seeds": seed_set.to_dataframe().to_dict(orient="list"),
         "t_r": run.t_r,
-        "inputs": {
-            role: _file_stamp(path, run.fmriprep_root) for role, path in input_files(task).items()
-        },
+        "inputs": {role: _file_stamp(path, links) for role, path in input_files(task).items()},
     }
     digest = outputs.params_hash(params)
     # left by a killed earlier run; never through a link out of output_dir
     outputs.remove_stale_temps(paths.directory, root=config.output_dir)
     finished = not config.overwrite and outputs.is_complete(paths, digest)
     return Plan(paths, digest, finished)
+
+
+def input_links(task: RunTask) -> dict[str, Path]:
+    """The datasets the run's inputs are named from (BIDS URIs), by ``DatasetLinks`` name.
+
+    ``fmriprep`` (and ``raw``, see :func:`bids_spheres.app.provenance.input_roots`),
+    plus ``templateflow`` (``TEMPLATEFLOW_HOME``) for ``--mask template``.
+    """
+    links = provenance.input_roots(task.config.bids_dir, task.run.fmriprep_root)
+    if task.config.mask == "template":
+        links[provenance.TEMPLATEFLOW_LINK] = _templateflow_home()
+    return links
 
 
 def input_files(task: RunTask) -> dict[str, Path]:
@@ -463,10 +473,24 @@ def run_sidecar(
     nuisance: Confounds,
     signals: Signals,
 ) -> dict[str, Any]:
-    """The timeseries JSON: sources, seeds, volumes, denoising and cleaning provenance."""
+    """The timeseries JSON: sources, seeds, volumes, denoising and cleaning provenance.
+
+    No absolute path: inputs are BIDS URIs into the linked datasets (or a bare file
+    name, see :func:`bids_spheres.app.provenance.portable_path`); ``GeneratedBy``,
+    ``CommandLine`` (paths made portable) and ``SoftwareVersions`` say what made it.
+    """
     config, run, seed_set, strategy = task.config, task.run, task.seeds, task.strategy
     selection = nuisance.selection
-    sources = [_source_uri(task, path) for path in input_files(task).values()]
+    links = input_links(task)
+    sources = [provenance.portable_path(path, links) for path in input_files(task).values()]
+    denoising: dict[str, Any] = {"strategy": "none"}
+    if selection is not None:
+        denoising = dict(selection.provenance)
+        denoising["confounds_file"] = provenance.portable_path(selection.confounds_file, links)
+        if denoising.get("strategy_source") not in (None, "preset", "<dict>"):
+            denoising["strategy_source"] = provenance.portable_path(
+                denoising["strategy_source"], links
+            )
     tsnr = signals.tsnr
     seed_info = {
         name: {
@@ -482,19 +506,23 @@ def run_sidecar(
     }
     return {
         "Description": (
-            f"Mean signal of spheres around the {seed_set.name} seeds, denoised with the "
+            f"Mean signal of spheres around the {seed_set.label} seeds, denoised with the "
             f"'{strategy.name}' strategy; one column per seed, one row per kept volume."
         ),
         "SamplingFrequency": 1.0 / run.t_r,
         "RepetitionTime": run.t_r,
         "Sources": sources,
-        "SeedSet": seed_set.name,
+        "SeedSet": seed_set.label,
+        "SeedsFile": provenance.portable_path(seed_set.source, links),
         "SeedSpace": seed_set.space,
         "Space": run.entities.get("space"),
         "Mask": mask.description,
         "Seeds": seed_info,
         "MissingSeeds": signals.missing,
-        "Warnings": [*seeds.check_space(seed_set, config.space), *signals.warnings],
+        "Warnings": [
+            _portable_text(message, task, links)
+            for message in [*seeds.check_space(seed_set, config.space), *signals.warnings]
+        ],
         "NumberOfVolumes": source.n_volumes,
         "KeptVolumes": signals.kept.tolist(),
         "NonSteadyStateVolumes": (
@@ -503,13 +531,18 @@ def run_sidecar(
         "ScrubbedVolumes": [int(i) for i in selection.scrubbed] if selection is not None else [],
         "MeanFramewiseDisplacement": _finite_or_none(selection.mean_fd if selection else None),
         "MaxFramewiseDisplacement": _finite_or_none(selection.max_fd if selection else None),
-        "Denoising": selection.provenance if selection is not None else {"strategy": "none"},
+        "Denoising": denoising,
         "CleaningParameters": {
-            **config.cleaning_parameters(),
+            **_portable_cleaning(config, links),
             "t_r": run.t_r,
             "order": "detrend -> butterworth -> confound regression -> standardize",
         },
         "SoftwareVersion": f"bids_spheres {__version__}",
+        "SoftwareVersions": provenance.software_versions(),
+        "GeneratedBy": [provenance.generated_by()],
+        "CommandLine": provenance.portable_command_line(
+            config.command_line, _command_line_places(config), links
+        ),
         "ParametersHash": planned.digest,
         **_relmat_note(len(seed_set)),
     }
@@ -582,7 +615,9 @@ def _mask_for(config: RunConfig, run: discovery.RunInputs) -> tuple[Any, str]:
             run.entities.get("cohort") or config.cohort,
         )
         return path, f"TemplateFlow {path.name}"
-    return Path(config.mask), str(config.mask)
+    mask = Path(config.mask)
+    links = provenance.input_roots(config.bids_dir, run.fmriprep_root)
+    return mask, provenance.portable_path(mask, links)
 
 
 def _template_mask(space: str, res: str | None, cohort: str | None = None) -> Path:
@@ -590,7 +625,7 @@ def _template_mask(space: str, res: str | None, cohort: str | None = None) -> Pa
 
     templateflow is imported lazily, only here.
     """
-    home = Path(os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow")).expanduser()
+    home = _templateflow_home()
     if not home.is_dir() or not any(home.iterdir()):
         # importing templateflow here would try to download its skeleton
         raise MissingInputError(
@@ -703,21 +738,21 @@ def _finite_or_none(value: Any) -> float | None:
 _HASHED_BYTES = 4 * 1024 * 1024
 
 
-def _file_stamp(path: Path, root: Path) -> list[Any]:
+def _file_stamp(path: Path, links: dict[str, Path]) -> list[Any]:
     """A content stamp of one input file, independent of where the dataset is mounted.
 
-    ``[name, size, stamp]``; the name is relative to the fMRIPrep root (just the
-    file name for a file outside it: a ``--mask`` file, a TemplateFlow mask).
+    ``[name, size, stamp]``; the name is the portable one of
+    :func:`bids_spheres.app.provenance.portable_path` (a BIDS URI into a linked
+    dataset, just the file name for a file outside them: a ``--mask`` file).
     Files up to 4 MiB (sidecars, confounds, masks, small BOLD series): ``sha256:``
     of the content. Bigger ``.gz`` files: ``gzip:`` and the gzip trailer (the
     last 8 bytes: CRC-32 and length of the uncompressed data, a real checksum
     of the data, read without decompressing). Bigger uncompressed files
     (``.nii``): ``mtime:`` and the modification time in nanoseconds -- a
     cheap stamp, not a checksum: a file rewritten with other data of the same
-    size keeps it only if its mtime is restored.
+    size keeps it only if its mtime is restored (a copy keeps it with ``cp -p``).
     """
-    relative = _relative(path, root)
-    name = relative if not Path(relative).is_absolute() else Path(path).name
+    name = provenance.portable_path(path, links)
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size <= _HASHED_BYTES:
@@ -730,17 +765,39 @@ def _file_stamp(path: Path, root: Path) -> list[Any]:
     return [name, size, stamp]
 
 
-def _source_uri(task: RunTask, path: Path) -> str:
-    """A BIDS URI into the fMRIPrep dataset, or a file URI for a file outside it."""
-    relative = _relative(path, task.run.fmriprep_root)
-    if Path(relative).is_absolute():
-        return Path(path).absolute().as_uri()
-    return outputs.bids_uri(task.fmriprep_name, relative)
+def _templateflow_home() -> Path:
+    return Path(os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow")).expanduser()
 
 
-def _relative(path: Any, root: Path) -> str:
-    path = Path(path)
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
+def _portable_cleaning(config: RunConfig, links: dict[str, Path]) -> dict[str, Any]:
+    """:meth:`RunConfig.cleaning_parameters` with a ``--mask`` or strategy file named portably."""
+    cleaning = config.cleaning_parameters()
+    if config.mask not in ("fmriprep", "template", "none"):
+        cleaning["mask"] = provenance.portable_path(config.mask, links)
+    strategy = cleaning["denoise_strategy"]
+    if isinstance(strategy, str) and (os.sep in strategy or strategy.endswith(".json")):
+        cleaning["denoise_strategy"] = provenance.portable_path(strategy, links)
+    return cleaning
+
+
+def _command_line_places(config: RunConfig) -> dict[str, Path]:
+    places = {"<bids_dir>": config.bids_dir, "<output_dir>": config.output_dir}
+    if config.work_dir != config.output_dir / ".work":
+        places["<work_dir>"] = config.work_dir
+    return places
+
+
+def _portable_text(text: str, task: RunTask, links: dict[str, Path]) -> str:
+    """A message with the absolute paths of inputs and outputs replaced by portable names.
+
+    The seeds file by its portable name, a path inside a linked dataset by its
+    BIDS URI, the dataset roots and ``output_dir`` by ``<name>``.
+    """
+    replacements = {str(task.seeds.source): provenance.portable_path(task.seeds.source, links)}
+    for name, root in links.items():
+        replacements[f"{root}{os.sep}"] = f"bids:{name}:"
+        replacements[str(root)] = f"<{name}>"
+    replacements[str(task.config.output_dir)] = "<output_dir>"
+    for absolute in sorted(replacements, key=len, reverse=True):  # longest first
+        text = text.replace(absolute, replacements[absolute])
+    return text

@@ -25,8 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bids_spheres import __version__
-from bids_spheres.app import confounds, discovery, execution, outputs, seeds
+from bids_spheres.app import confounds, dataset, discovery, execution, outputs, seeds
 from bids_spheres.app.config import RunConfig
 from bids_spheres.app.run import RunResult, RunTask, process_run
 from bids_spheres.errors import NothingSelectedError, UsageError
@@ -77,26 +76,8 @@ def participant(config: RunConfig) -> int:
     )
 
     fmriprep_name = "fmriprep"
-    outputs.write_dataset_description(
-        config.output_dir,
-        version=__version__,
-        fmriprep_description=_read_json(fmriprep_root / "dataset_description.json"),
-        source_datasets=[{"URL": fmriprep_root.as_uri()}],
-        dataset_links={fmriprep_name: fmriprep_root.as_uri()},
-    )
-    outputs.write_bidsignore(config.output_dir)
-    outputs.remove_stale_temps(config.output_dir)
-    outputs.write_seed_table(
-        config.output_dir,
-        seed_set.to_dataframe(),
-        seed_set.label,
-        {
-            "Name": seed_set.name,
-            "Space": seed_set.space,
-            "Citation": seed_set.citation,
-            "Source": str(seed_set.source),
-        },
-    )
+    # dataset_description.json, .bidsignore, the seed table, README.md, logs/CITATION.*
+    dataset.write_dataset_files(config, fmriprep_root, seed_set, strategy)
 
     tasks = [RunTask(config, run, seed_set, strategy, fmriprep_name) for run in runs]
     return execution.summarize(execution.execute(tasks, config.nprocs, config.dask_scheduler))

@@ -1,0 +1,303 @@
+"""Provenance that travels: where inputs are named, who made the outputs, with what.
+
+Promise
+-------
+Nothing written by the app names a file by an absolute path: the same data
+processed from two mount points (the host's ``/home/u/study`` and a
+container's ``/data``) give the same sidecars, and a moved dataset still
+resolves.
+
+* :func:`portable_path` names an input file as a BIDS URI
+  (``bids:<name>:<path within the dataset>``) when it lies inside one of the
+  linked datasets (``DatasetLinks`` of the output's ``dataset_description.json``),
+  as ``bids_spheres/data/...`` for a file shipped with the package, and by its
+  file name alone otherwise (a ``--mask`` or seeds file elsewhere: its content
+  is hashed in ``ParametersHash``, see :func:`bids_spheres.app.run.plan`).
+* :func:`dataset_links` maps ``fmriprep`` to the fMRIPrep dataset (and ``raw``
+  to the raw dataset when it is another, :func:`input_roots`) by a path
+  relative to the output dataset's root (the BIDS specification resolves a
+  ``DatasetLinks`` value without a scheme from the dataset root), and
+  ``templateflow`` to TemplateFlow's repository when ``--mask template`` reads
+  a template.
+* :func:`generated_by` is the ``GeneratedBy`` entry of bids_spheres: ``Name``,
+  ``Version``, ``CodeURL`` (:data:`CODE_URL`) and, when run from the image,
+  ``Container`` (:func:`container`, from the environment variable
+  :data:`CONTAINER_ENV` that the image sets to its tag).
+* :func:`software_versions` lists the versions of Python and of the libraries
+  that compute the numbers; :func:`portable_command_line` is the command line
+  with every path argument replaced by its portable name.
+
+This module reads the environment and package metadata; it writes nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from bids_spheres import __version__
+
+__all__ = [
+    "CODE_URL",
+    "CONTAINER_ENV",
+    "FMRIPREP_LINK",
+    "RAW_LINK",
+    "SOFTWARE",
+    "TEMPLATEFLOW_LINK",
+    "TEMPLATEFLOW_URL",
+    "container",
+    "dataset_links",
+    "generated_by",
+    "input_roots",
+    "portable_command_line",
+    "portable_path",
+    "software_versions",
+]
+
+#: ``GeneratedBy[0].CodeURL``: the source repository (the image's
+#: ``org.opencontainers.image.source`` label).
+CODE_URL = "https://github.com/bids_spheres/bids_spheres"
+#: Environment variable the container image sets to its tag, e.g.
+#: ``ENV BIDS_SPHERES_CONTAINER=bids_spheres/bids_spheres:0.1.0`` in the Dockerfile.
+#: When set, ``GeneratedBy[0].Container`` is written: ``Type`` ``"docker"``, or
+#: ``"apptainer"`` / ``"singularity"`` when Apptainer/Singularity runs the image
+#: (they set ``APPTAINER_CONTAINER`` / ``SINGULARITY_CONTAINER``), and ``Tag``.
+CONTAINER_ENV = "BIDS_SPHERES_CONTAINER"
+#: ``DatasetLinks`` name of the fMRIPrep dataset (the ``bids:fmriprep:...`` of ``Sources``).
+FMRIPREP_LINK = "fmriprep"
+#: ``DatasetLinks`` name of the raw dataset, when ``bids_dir`` is not the fMRIPrep dataset.
+RAW_LINK = "raw"
+#: ``DatasetLinks`` name of TemplateFlow (``--mask template``).
+TEMPLATEFLOW_LINK = "templateflow"
+#: Where TemplateFlow's datasets live (as fMRIPrep links them).
+TEMPLATEFLOW_URL = "https://github.com/templateflow/templateflow"
+#: Distribution names whose versions :func:`software_versions` records, by the
+#: name a reader knows them by.
+SOFTWARE: dict[str, str] = {
+    "bids_spheres": "bids_spheres",
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "nibabel": "nibabel",
+    "pybids": "pybids",
+    "pandas": "pandas",
+    "isal": "isal",
+    "joblib": "joblib",
+}
+
+# Options whose value is a path (the CLI's spellings); their value is made portable.
+_PATH_OPTIONS = frozenset(
+    {
+        "--work-dir",
+        "-w",
+        "--bids-database-dir",
+        "--derivatives",
+        "--bids-filter-file",
+        "--seeds",
+        "--mask",
+        "--denoise-strategy",
+    }
+)
+
+
+def portable_path(
+    path: str | os.PathLike[str], links: Mapping[str, str | os.PathLike[str]]
+) -> str:
+    """A name for ``path`` that holds wherever the data are mounted.
+
+    Parameters
+    ----------
+    path : path-like
+        An input file (absolute or relative to the working directory).
+    links : Mapping[str, path-like]
+        Dataset name -> the dataset's root on this machine, e.g.
+        ``{"fmriprep": Path("/data/fmriprep")}``.
+
+    Returns
+    -------
+    str
+        ``bids:<name>:<relative path>`` for a file inside a linked dataset (the
+        first that holds it), ``bids_spheres/data/<...>`` for a file shipped with
+        the package, else the file name.
+    """
+    target = Path(os.path.abspath(os.fspath(path)))
+    for name, root in links.items():
+        relative = _inside(target, Path(os.path.abspath(os.fspath(root))))
+        if relative is not None and relative.parts:
+            return f"bids:{name}:{relative.as_posix()}"
+    package = _inside(target, Path(os.path.abspath(str(resources.files("bids_spheres")))))
+    if package is not None and package.parts:
+        return f"bids_spheres/{package.as_posix()}"
+    return target.name
+
+
+def input_roots(
+    bids_dir: str | os.PathLike[str], fmriprep_root: str | os.PathLike[str]
+) -> dict[str, Path]:
+    """The datasets inputs are named from: ``fmriprep``, and ``raw`` when ``bids_dir`` is another.
+
+    Parameters
+    ----------
+    bids_dir : path-like
+        The BIDS-App's first argument.
+    fmriprep_root : path-like
+        The fMRIPrep dataset found from it (or given by ``--derivatives``).
+
+    Returns
+    -------
+    dict
+        ``{"fmriprep": fmriprep_root}``, plus ``"raw": bids_dir`` when they differ
+        (the raw dataset, which may hold the BOLD sidecars and the seeds).
+    """
+    roots = {FMRIPREP_LINK: Path(os.path.abspath(fmriprep_root))}
+    raw = Path(os.path.abspath(bids_dir))
+    if raw != roots[FMRIPREP_LINK]:
+        roots[RAW_LINK] = raw
+    return roots
+
+
+def dataset_links(
+    output_dir: str | os.PathLike[str],
+    roots: Mapping[str, str | os.PathLike[str]],
+    *,
+    templateflow: bool = False,
+) -> dict[str, str]:
+    """``DatasetLinks``: each input dataset by its path relative to the output dataset's root.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Root of the derivative dataset.
+    roots : Mapping[str, path-like]
+        From :func:`input_roots`.
+    templateflow : bool
+        Also link ``templateflow`` (to :data:`TEMPLATEFLOW_URL`).
+
+    Returns
+    -------
+    dict
+        e.g. ``{"fmriprep": "../fmriprep"}``; the relative path is written
+        with ``/`` and without a scheme, which BIDS resolves from the dataset root.
+    """
+    base = os.path.abspath(output_dir)
+    links = {
+        name: PurePosixPath(*Path(os.path.relpath(os.path.abspath(root), base)).parts).as_posix()
+        for name, root in roots.items()
+    }
+    if templateflow:
+        links[TEMPLATEFLOW_LINK] = TEMPLATEFLOW_URL
+    return links
+
+
+def container(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """``GeneratedBy[0].Container`` when running from the image, else None.
+
+    Parameters
+    ----------
+    environ : Mapping, optional
+        The environment (default :data:`os.environ`).
+
+    Returns
+    -------
+    dict or None
+        ``{"Type": ..., "Tag": ...}`` when :data:`CONTAINER_ENV` is set and not empty.
+    """
+    env = os.environ if environ is None else environ
+    tag = env.get(CONTAINER_ENV, "").strip()
+    if not tag:
+        return None
+    if env.get("APPTAINER_CONTAINER") or env.get("APPTAINER_NAME"):
+        kind = "apptainer"
+    elif env.get("SINGULARITY_CONTAINER") or env.get("SINGULARITY_NAME"):
+        kind = "singularity"
+    else:
+        kind = "docker"
+    return {"Type": kind, "Tag": tag}
+
+
+def generated_by(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``GeneratedBy`` entry of bids_spheres: Name, Version, CodeURL, Container."""
+    entry: dict[str, Any] = {"Name": "bids_spheres", "Version": __version__, "CodeURL": CODE_URL}
+    found = container(environ)
+    if found:
+        entry["Container"] = found
+    return entry
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and of :data:`SOFTWARE` (``"not installed"`` when absent)."""
+    versions = {"python": platform.python_version()}
+    for label, distribution in SOFTWARE.items():
+        try:
+            versions[label] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            versions[label] = __version__ if label == "bids_spheres" else "not installed"
+    return versions
+
+
+def portable_command_line(
+    argv: Sequence[str],
+    positional: Mapping[str, str | os.PathLike[str]],
+    links: Mapping[str, str | os.PathLike[str]],
+) -> list[str]:
+    """The command line with each path replaced by a name that does not depend on mounts.
+
+    Parameters
+    ----------
+    argv : Sequence[str]
+        Program name first, then the arguments as given.
+    positional : Mapping[str, path-like]
+        Placeholder -> path for the directories given on the command line, e.g.
+        ``{"<bids_dir>": bids_dir, "<output_dir>": output_dir}``: an argument
+        naming one of them becomes the placeholder.
+    links : Mapping[str, path-like]
+        As in :func:`portable_path`, for the values of path options
+        (``--seeds``, ``--mask``, ``--work-dir``, ...).
+
+    Returns
+    -------
+    list of str
+    """
+    if not argv:
+        return []
+    places = {os.path.abspath(os.fspath(p)): key for key, p in positional.items()}
+    out = [Path(argv[0]).name]
+    after_path_option = False
+    for token in argv[1:]:
+        option, eq, value = token.partition("=")
+        if after_path_option:
+            out.append(_portable_arg(token, places, links))
+        elif eq and option in _PATH_OPTIONS:
+            out.append(f"{option}={_portable_arg(value, places, links)}")
+        elif not token.startswith("-") and os.path.abspath(token) in places:
+            out.append(places[os.path.abspath(token)])
+        else:
+            out.append(token)
+        after_path_option = token in _PATH_OPTIONS
+    return out
+
+
+def _portable_arg(
+    value: str, places: Mapping[str, str], links: Mapping[str, str | os.PathLike[str]]
+) -> str:
+    absolute = os.path.abspath(value)
+    if absolute in places:
+        return places[absolute]
+    if os.sep not in value and not os.path.exists(value):
+        return value  # a keyword (fmriprep, template, simple, power2011), not a path
+    for key, root in sorted(places.items(), key=lambda item: -len(item[0])):
+        relative = _inside(Path(absolute), Path(key))
+        if relative is not None:
+            return f"{root}/{relative.as_posix()}" if relative.parts else root
+    return portable_path(value, links)
+
+
+def _inside(path: Path, root: Path) -> PurePosixPath | None:
+    try:
+        return PurePosixPath(*path.relative_to(root).parts)
+    except ValueError:
+        return None
