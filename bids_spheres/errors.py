@@ -5,8 +5,8 @@ that names the file or value at fault and the fix; the CLI prints that message
 on one line and exits with :attr:`BidsSpheresError.exit_code`.
 
 Exit codes follow the BIDS-Apps execution spec and ``sysexits.h``:
-1 some runs failed, 16 validation, 17 unknown analysis level, 18 filters
-selected nothing, 64 usage, 65 bad data, 66 missing input, 70 internal error
+1 some runs failed, 16 validation, 17 unknown analysis level, 64 usage, 65 bad
+data, 66 missing input (also: the selection matched nothing), 70 internal error
 (a bug: an unexpected exception, never a problem of the input), 73 cannot
 create output, 128 + N killed by signal N (129 SIGHUP, 130 SIGINT, 143
 SIGTERM).
@@ -45,10 +45,13 @@ class MissingInputError(BidsSpheresError, FileNotFoundError):
     exit_code = 66
 
 
-class NothingSelectedError(BidsSpheresError):
-    """The participant/session/task/filters selected no run (exit 18)."""
+class NothingSelectedError(MissingInputError):
+    """The selection matched nothing in the input (exit 66, as any missing input).
 
-    exit_code = 18
+    One kind, one code: an unknown participant, session, task or run, a space
+    (cohort, resolution) the dataset lacks, filters that match no run, or a
+    group level with no output for the selected runs.
+    """
 
 
 class ValidationError(BidsSpheresError):

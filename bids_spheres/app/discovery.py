@@ -18,12 +18,17 @@ What this module promises
   the ``*_bold.json`` sidecars of the selected runs are merged on demand by the
   BIDS inheritance principle, the rule pybids applies.
 * The pybids database is written under ``database_dir`` only -- never inside
-  an input dataset (that raises :class:`~bids_spheres.errors.UsageError`) -- in a
-  folder named from the dataset path and a fingerprint of the indexed files
-  (names, sizes, modification times).  A later start with unchanged inputs
-  reuses it; any change to an indexed file gives a fresh index.  Indexes are
-  built in a temporary folder and renamed into place, under a lock, so several
-  processes may start at once; an existing index is only ever read.
+  an input dataset (that raises :class:`~bids_spheres.errors.UsageError`) unless
+  inside our own output folder (``own_dirs``: ``<bids_dir>/derivatives/
+  bids_spheres`` is the usual BIDS-App place) -- in a folder named from the
+  dataset path and a fingerprint of the indexed files (names, sizes,
+  modification times).  Our own folders are never scanned nor indexed, wherever
+  they lie.  A later start with unchanged inputs reuses the index; any change to
+  an indexed file gives a fresh one.  Indexes are built in a temporary folder
+  (in memory when ``database_dir`` does not exist yet) and renamed into place,
+  under a lock, only after the caller's ``before_saving`` check accepted them,
+  so several processes may start at once and a refused start creates nothing;
+  an existing index is only ever read.
 * :func:`collect_runs` returns one :class:`RunInputs` per
   ``desc-preproc_bold`` NIfTI (never CIFTI/GIfTI) in the requested space
   (fMRIPrep's ``SPACE[:cohort-C][:res-N]``: TemplateFlow's ``cohort`` is part of
@@ -63,7 +68,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -330,6 +335,8 @@ def make_layout(
     *,
     reset: bool = False,
     input_dirs: Sequence[os.PathLike | str] = (),
+    own_dirs: Sequence[os.PathLike | str] = (),
+    before_saving: Callable[[BIDSLayout], object] | None = None,
 ) -> BIDSLayout:
     """Index an fMRIPrep dataset with pybids, reusing a saved index when unchanged.
 
@@ -346,6 +353,19 @@ def make_layout(
     input_dirs : sequence of path-like
         Other input folders (e.g. the raw ``bids_dir``) the database must stay
         out of; ``fmriprep_root`` is always checked.
+    own_dirs : sequence of path-like
+        Folders bids_spheres writes (the output and work directories). Where
+        they lie inside ``fmriprep_root`` (e.g. ``<fmriprep>/derivatives/
+        bids_spheres``) they are never scanned nor indexed, and the database
+        may go inside them although they are inside an input dataset: the
+        user chose to write there.
+    before_saving : callable, optional
+        Called with the layout before a new index is saved (with the reused
+        one when a saved index matches); an exception it raises propagates
+        and leaves nothing written -- no database, no lock file, no folder
+        -- when ``database_dir`` did not exist yet. The workflow selects its
+        runs here, so that a start refused for selecting nothing creates
+        nothing.
 
     Returns
     -------
@@ -368,15 +388,19 @@ def make_layout(
             "fMRIPrep wrote its outputs to"
         )
     root = root.resolve()
-    scan = _scan_inputs(root)
+    own = _inside(root, own_dirs)
+    scan = _scan_inputs(root, own)
     for _, reason in scan.skipped:
         log.warning("%s", reason)
+    ignore = (*scan.ignore, *own)
     if database_dir is None:
-        return _index(root, None, scan.ignore)
+        return _checked(_index(root, None, ignore), before_saving)
 
     db_dir = Path(database_dir).resolve()
+    ours = [Path(p).resolve() for p in own_dirs]
     for guard in (root, *(Path(p).resolve() for p in input_dirs)):
-        if db_dir == guard or guard in db_dir.parents:
+        inside = db_dir == guard or guard in db_dir.parents
+        if inside and not any(db_dir == d or d in db_dir.parents for d in ours):
             raise UsageError(
                 f"pybids database folder {db_dir} is inside the input dataset {guard}; inputs "
                 "may be read-only, so give a --work-dir outside it"
@@ -388,17 +412,16 @@ def make_layout(
     final = db_dir / name
     db_file = final / "layout_index.sqlite"
     if db_file.is_file() and not reset:
-        return _index(root, final, scan.ignore)
-    try:
-        db_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(
-            f"cannot create the pybids database folder {db_dir} ({err.strerror}); give a "
-            "writable --work-dir"
-        ) from err
-    with _exclusive_lock(db_dir / f".{name}.lock"):
+        return _checked(_index(root, final, ignore), before_saving)
+    if not db_dir.is_dir():
+        # Nothing is created before the caller accepted the index: build it in memory,
+        # check, then save it (a start refused by ``before_saving`` leaves no folder).
+        layout = _checked(_index(root, None, ignore), before_saving)
+        _save(layout, db_dir, name, reset=reset)
+        return layout
+    with _exclusive_lock(_lock_path(db_dir, name)):
         if db_file.is_file() and not reset:  # another process built it while we waited
-            return _index(root, final, scan.ignore)
+            return _checked(_index(root, final, ignore), before_saving)
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=db_dir))
         except OSError as err:
@@ -407,7 +430,7 @@ def make_layout(
                 "a writable --work-dir"
             ) from err
         try:
-            building = _index(root, tmp, scan.ignore)
+            building = _checked(_index(root, tmp, ignore), before_saving)
             building.session.close()
             building.connection_manager.engine.dispose()
             del building
@@ -419,7 +442,7 @@ def make_layout(
             ) from err
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return _index(root, final, scan.ignore)
+    return _index(root, final, ignore)
 
 
 def list_subjects(layout: BIDSLayout) -> list[str]:
@@ -491,9 +514,11 @@ def collect_runs(
         On a malformed label, space or filter, an entity given both as option
         and filter, or a run available at several resolutions when none was chosen.
     MissingInputError
-        If a requested subject, or any preprocessed BOLD in ``space``, is absent.
+        If the dataset holds no subject or no preprocessed BOLD at all.
     NothingSelectedError
-        If the session/task/run options or the filters select no run.
+        (a MissingInputError, exit 66) If a requested subject is absent, no
+        preprocessed BOLD is in ``space``, or the session/task/run options or
+        the filters select no run.
     DataError
         If a run has no usable repetition time, or both ``.nii`` and ``.nii.gz``.
     """
@@ -510,7 +535,7 @@ def collect_runs(
         wanted = _labels("participant label", participant_label, "subject")
         missing = [s for s in wanted if s not in subjects_present]
         if missing:
-            raise MissingInputError(
+            raise NothingSelectedError(
                 f"participant(s) {', '.join(missing)} not found under {root} (subjects present: "
                 f"{_preview(subjects_present)}){_unreadable_note(root)}; give labels from that "
                 "list"
@@ -603,14 +628,19 @@ def _read_description(path: Path) -> dict[str, Any] | None:
 
 
 def _describes_fmriprep(path: Path) -> bool:
-    """True if ``dataset_description.json`` names fMRIPrep as the generating pipeline."""
+    """True if ``dataset_description.json`` names fMRIPrep as the generating pipeline.
+
+    Only the first ``GeneratedBy`` entry is the pipeline that made the dataset; later
+    ones are its ancestors: our own outputs (``[bids_spheres, fMRIPrep]``) or xcp_d's
+    in ``derivatives/`` are not fMRIPrep datasets.
+    """
     desc = _read_description(path)
     if desc is None:
         return False
     names = []
     generated = desc.get("GeneratedBy")
-    if isinstance(generated, list):
-        names += [g.get("Name") for g in generated if isinstance(g, dict)]
+    if isinstance(generated, list) and generated and isinstance(generated[0], dict):
+        names.append(generated[0].get("Name"))
     legacy = desc.get("PipelineDescription")
     if isinstance(legacy, dict):
         names.append(legacy.get("Name"))
@@ -659,7 +689,7 @@ class _Scan:
         return _digest(*self.records, *(f"skipped\0{rel}" for rel, _ in self.skipped))
 
 
-def _scan_inputs(root: Path) -> _Scan:
+def _scan_inputs(root: Path, own: Sequence[str] = ()) -> _Scan:
     """Walk the folders the index covers, the way pybids will, before pybids does.
 
     A folder that cannot be listed (no permission, I/O error) is left out of the
@@ -702,6 +732,8 @@ def _scan_inputs(root: Path) -> _Scan:
             except OSError:  # a broken symlink (un-fetched annex file) or a loop: its link
                 is_dir, st = False, entry.stat(follow_symlinks=False)
             if is_dir:
+                if f"{rel}{entry.name}" in own:  # our output or work folder: never indexed
+                    continue
                 if _KEPT_FILE.search(entry.name):
                     skipped.append(
                         (
@@ -770,13 +802,68 @@ def _publish(tmp: Path, final: Path, *, replace: bool) -> None:
             raise
 
 
+def _lock_path(db_dir: Path, name: str) -> Path:
+    return db_dir / f".{name}.lock"
+
+
+def _checked(layout: BIDSLayout, check: Callable[[BIDSLayout], object] | None) -> BIDSLayout:
+    if check is not None:
+        check(layout)
+    return layout
+
+
+def _save(layout: BIDSLayout, db_dir: Path, name: str, *, reset: bool) -> None:
+    """Save an in-memory index as ``db_dir/name`` (temporary folder, then rename, locked)."""
+    try:
+        db_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(
+            f"cannot create the pybids database folder {db_dir} ({err.strerror}); give a "
+            "writable --work-dir"
+        ) from err
+    final = db_dir / name
+    with _exclusive_lock(_lock_path(db_dir, name)):
+        if (final / "layout_index.sqlite").is_file() and not reset:
+            return  # another process saved the same index meanwhile
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=db_dir))
+        except OSError as err:
+            raise OutputError(
+                f"cannot write in the pybids database folder {db_dir} ({err.strerror}); give "
+                "a writable --work-dir"
+            ) from err
+        try:
+            layout.save(tmp, replace_connection=False)
+            os.chmod(tmp, 0o755)
+            _publish(tmp, final, replace=reset)
+        except OSError as err:
+            raise OutputError(
+                f"cannot write the pybids database in {db_dir} ({err}); give a writable --work-dir"
+            ) from err
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _inside(root: Path, folders: Sequence[os.PathLike | str]) -> tuple[str, ...]:
+    """The ``folders`` that lie inside ``root``, relative to it (POSIX), e.g. ``derivatives/x``."""
+    found = []
+    for folder in folders:
+        resolved = Path(folder).resolve()
+        if resolved != root and root in resolved.parents:
+            found.append(resolved.relative_to(root).as_posix())
+    return tuple(found)
+
+
 def _indexer(skipped: Sequence[str] = ()) -> BIDSLayoutIndexer:
     from bids.layout import BIDSLayoutIndexer
 
     # Sidecar metadata is resolved on demand for the selected runs (see _sidecar_chains):
     # pybids' metadata pass loads every file's tags one query at a time and took two
     # thirds of the indexing time of a 500-subject dataset.
-    return BIDSLayoutIndexer(validate=False, ignore=[_IGNORE, *skipped], index_metadata=False)
+    # a folder given as a plain string would become an unescaped prefix regex in pybids
+    # ("out" would also hide "out2"): each one is an exact, escaped path prefix
+    folders = [re.compile(rf"^/{re.escape(rel)}(?:/|$)") for rel in skipped]
+    return BIDSLayoutIndexer(validate=False, ignore=[_IGNORE, *folders], index_metadata=False)
 
 
 def _index(root: Path, database_path: Path | None, skipped: Sequence[str] = ()) -> BIDSLayout:
@@ -902,7 +989,7 @@ def _explain_empty(
     if not _get(layout, **base, **subjects, space=grid["space"]):
         spaces = values("space", **base, **subjects)
         present = ", ".join(spaces) if spaces else "none (no space entity)"
-        raise MissingInputError(
+        raise NothingSelectedError(
             f"no desc-preproc_bold in space {grid['space']} under {root}{who} (spaces present: "
             f"{present}); choose one with --space or rerun fMRIPrep with --output-spaces "
             f"{grid['space']}"
@@ -912,7 +999,7 @@ def _explain_empty(
     ):
         found = values("cohort", **base, **subjects, space=grid["space"])
         present = ", ".join(f"cohort-{c}" for c in found) or "none (no cohort entity)"
-        raise MissingInputError(
+        raise NothingSelectedError(
             f"no desc-preproc_bold in space {space} under {root}{who} (cohorts present in "
             f"{grid['space']}: {present}); choose one with --space {grid['space']}:cohort-C"
         )
@@ -923,7 +1010,7 @@ def _explain_empty(
             fix = f"choose one with --space {grid['space']}:res-{found[0]}"
         else:
             present, fix = "none (no res entity)", f"give --space {grid['space']} without :res-"
-        raise MissingInputError(
+        raise NothingSelectedError(
             f"no desc-preproc_bold in space {space} under {root}{who} (resolutions present in "
             f"{grid['space']}: {present}); {fix}"
         )

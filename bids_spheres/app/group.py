@@ -76,7 +76,11 @@ accumulators across participants; what grows is one small QC row per run and
 one float32 per seed per run (for the exact median tSNR per seed).
 
 Nothing to summarize raises :class:`~bids_spheres.errors.MissingInputError`
-(exit 66) naming the directory searched. :func:`run` returns 0.
+(exit 66) naming the directory searched, before anything is created. A seed
+set and strategy whose runs are all excluded still gets its runs and seeds
+tables, its connectome files (all ``n/a``, ``NumberOfParticipants`` 0) and its
+place in the report, but :func:`run` returns 1 after one line naming the
+thresholds and how many runs each excluded; otherwise it returns 0.
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -151,7 +156,7 @@ class RunFiles:
         return next(p for p in (self.timeseries_tsv, self.timeseries_json) if p is not None)
 
 
-def run(config: RunConfig) -> int:
+def run(config: RunConfig, *, before_writing: Callable[[], None] | None = None) -> int:
     """Run the group level: tables, connectomes and the report under ``output_dir/group``.
 
     Parameters
@@ -160,10 +165,17 @@ def run(config: RunConfig) -> int:
         Uses ``output_dir``, ``bids_dir``, ``derivatives``, ``participant_label``,
         ``session_label``, ``task``, ``run``, ``max_mean_fd`` and ``min_volumes``.
 
+    before_writing : callable, optional
+        Called once there is something to summarize, before anything is written
+        (the workflow prepares the work directory there): a refused start creates
+        nothing.
+
     Returns
     -------
     int
-        0.
+        0; 1 when a seed set and strategy has no usable run (its tables and the
+        report are written; one line on stderr names the thresholds that
+        excluded the runs).
 
     Raises
     ------
@@ -196,6 +208,8 @@ def run(config: RunConfig) -> int:
         )
     from bids_spheres.app.outputs import atomic_write_text, prepare_dir
 
+    if before_writing is not None:
+        before_writing()
     group_dir = output_dir / "group"
     prepare_dir(group_dir, "group directory")
 
@@ -243,7 +257,31 @@ def run(config: RunConfig) -> int:
             s.n_participants,
         )
     log.info("wrote %s", group_dir / "report.html")
-    return 0
+    unusable = [s for s in summaries if not (s.runs["usable"] == "yes").any()]
+    for s in unusable:
+        print(
+            f"bids_spheres: error: no usable run for {s.label}: {_exclusions(s.runs, config)}; "
+            f"its group connectome is all n/a (QC tables and report in {group_dir}); relax "
+            "--max-mean-fd or --min-volumes, or see the runs' exclusion_reason",
+            file=sys.stderr,
+        )
+    return 1 if unusable else 0
+
+
+def _exclusions(runs: pd.DataFrame, config: RunConfig) -> str:
+    """``"all 4 run(s) excluded (4 with mean FD > --max-mean-fd 0.5 mm, ...)"``."""
+    reasons = [str(r) for r in runs["exclusion_reason"].dropna()]
+    fd = sum("--max-mean-fd" in r for r in reasons)
+    volumes = sum("--min-volumes" in r for r in reasons)
+    other = sum("--max-mean-fd" not in r and "--min-volumes" not in r for r in reasons)
+    parts = [
+        f"{fd} with mean FD > --max-mean-fd {config.max_mean_fd:g} mm" if fd else "",
+        f"{volumes} with fewer than --min-volumes {config.min_volumes} kept volumes"
+        if volumes
+        else "",
+        f"{other} unreadable or incomplete" if other else "",
+    ]
+    return f"all {len(runs)} run(s) excluded ({', '.join(p for p in parts if p)})"
 
 
 def find_runs(

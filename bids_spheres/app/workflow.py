@@ -2,8 +2,12 @@
 
 Promise
 -------
-:func:`participant` finds the runs (pybids, read-only inputs), loads the
-seeds and the denoising strategy once, writes the dataset-level files, then
+:func:`participant` loads the seeds and the denoising strategy once and
+checks what needs no run (:func:`bids_spheres.app.preflight.before_index`),
+finds the runs (pybids, read-only inputs; our own output folder, also when it
+lies inside the input dataset, is never indexed), checks what every run needs
+(:func:`~bids_spheres.app.preflight.before_runs`) -- creating nothing, not even
+the work directory, until all of this passed -- writes the dataset-level files, then
 processes every run -- in parallel with ``--nprocs`` or on Dask
 (:mod:`bids_spheres.app.execution`) -- with
 :func:`bids_spheres.app.run.process_run`: a run that fails is logged with its
@@ -19,13 +23,12 @@ some run failed or when every run was skipped (too few volumes) and none written
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from bids_spheres.app import confounds, dataset, discovery, execution, outputs, seeds
+from bids_spheres.app import dataset, discovery, execution, outputs, preflight
 from bids_spheres.app.config import RunConfig
 from bids_spheres.app.run import RunResult, RunTask, process_run
 from bids_spheres.errors import NothingSelectedError, UsageError
@@ -34,6 +37,9 @@ from bids_spheres.errors import NothingSelectedError, UsageError
 __all__ = ["RunResult", "RunTask", "group", "participant", "process_run"]
 
 log = logging.getLogger("bids_spheres")
+
+#: The ``DatasetLinks`` name of the fMRIPrep dataset (``bids:fmriprep:sub-01/...``).
+_FMRIPREP_NAME = "fmriprep"
 
 
 def participant(config: RunConfig) -> int:
@@ -47,25 +53,33 @@ def participant(config: RunConfig) -> int:
                 f"output_dir {config.output_dir} is the {name} {root} itself; write the "
                 f"derivatives elsewhere, e.g. {root}/derivatives/bids_spheres"
             )
-    outputs.prepare_dir(config.output_dir, "output_dir")
-    outputs.prepare_dir(config.work_dir, "work directory")
+    # Nothing is created before the settings, the selection and the checks that need
+    # the runs have passed: a refused start leaves no folder behind (also not the
+    # default work dir OUTPUT_DIR/.work when output_dir lies inside the input dataset).
+    settings = preflight.before_index(config)
+    for message in settings.warnings:
+        log.warning(message)  # once per job; each run's sidecar records it too
 
     # The pybids index grows with the input tree (~40 KB per run); building and querying
     # it in a short-lived child keeps the coordinating process small: it only receives
     # the list of runs, and pybids is imported only there (tests/app/test_imports.py).
     database_dir = config.bids_database_dir or config.work_dir / "bids_db"
     runs = execution.in_child(
-        _discover, config, raw_root, fmriprep_root, writes=f"the pybids index in {database_dir}"
+        _discover,
+        config,
+        raw_root,
+        fmriprep_root,
+        settings,
+        writes=f"the pybids index in {database_dir}",
     )
     if not runs:
         raise NothingSelectedError(
             f"no run selected under {fmriprep_root}; check --participant-label, --task, "
             "--session-label, --run and --bids-filter-file"
         )
-    seed_set = seeds.load(config.seeds)  # radii filled per run: the table stays stable
-    for message in seeds.check_space(seed_set, config.space):
-        log.warning(message)  # once per job; each run's sidecar records it too
-    strategy = confounds.load_strategy(config.denoise_strategy)
+    seed_set, strategy = settings.seed_set, settings.strategy
+    outputs.prepare_dir(config.output_dir, "output_dir")
+    outputs.prepare_dir(config.work_dir, "work directory")
     log.info(
         "%d run(s) selected in %s; %d seeds (%s), strategy %s",
         len(runs),
@@ -75,11 +89,10 @@ def participant(config: RunConfig) -> int:
         strategy.name,
     )
 
-    fmriprep_name = "fmriprep"
     # dataset_description.json, .bidsignore, the seed table, README.md, logs/CITATION.*
     dataset.write_dataset_files(config, fmriprep_root, seed_set, strategy)
 
-    tasks = [RunTask(config, run, seed_set, strategy, fmriprep_name) for run in runs]
+    tasks = _tasks(config, runs, settings)
     return execution.summarize(execution.execute(tasks, config.nprocs, config.dask_scheduler))
 
 
@@ -87,9 +100,11 @@ def group(config: RunConfig) -> int:
     """Run the group level (reads only what the participant level wrote)."""
     from bids_spheres.app import group as group_level
 
-    outputs.prepare_dir(config.work_dir, "work directory")
-    _matplotlib_cache(config.work_dir)
-    return group_level.run(config)
+    def before_writing() -> None:  # once there is something to summarize
+        outputs.prepare_dir(config.work_dir, "work directory")
+        _matplotlib_cache(config.work_dir)
+
+    return group_level.run(config, before_writing=before_writing)
 
 
 # --------------------------------------------------------------------------
@@ -97,31 +112,45 @@ def group(config: RunConfig) -> int:
 
 
 def _discover(
-    config: RunConfig, raw_root: Path | None, fmriprep_root: Path
+    config: RunConfig, raw_root: Path | None, fmriprep_root: Path, settings: preflight.Settings
 ) -> list[discovery.RunInputs]:
-    """Index the fMRIPrep dataset and select the runs (runs in a child process)."""
+    """Index the fMRIPrep dataset, select the runs and check them (runs in a child process).
+
+    The selection and :func:`preflight.before_runs` run before a new index is saved:
+    a start they refuse leaves no index (nor work folder) behind.
+    """
     database_dir = config.bids_database_dir or config.work_dir / "bids_db"
-    layout = discovery.make_layout(
-        fmriprep_root, database_dir, input_dirs=[p for p in (config.bids_dir, raw_root) if p]
+    selected: list[discovery.RunInputs] = []
+
+    def select(layout: Any) -> None:
+        runs = discovery.collect_runs(
+            layout,
+            participant_label=config.participant_label,
+            session_label=config.session_label,
+            task=config.task,
+            run=config.run,
+            space=config.space_with_res,
+            bids_filters=config.bids_filters,
+        )
+        preflight.before_runs(_tasks(config, runs, settings))
+        selected[:] = runs
+
+    discovery.make_layout(
+        fmriprep_root,
+        database_dir,
+        input_dirs=[p for p in (config.bids_dir, raw_root) if p],
+        own_dirs=[config.output_dir],
+        before_saving=select,
     )
-    return discovery.collect_runs(
-        layout,
-        participant_label=config.participant_label,
-        session_label=config.session_label,
-        task=config.task,
-        run=config.run,
-        space=config.space_with_res,
-        bids_filters=config.bids_filters,
-    )
+    return selected
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def _tasks(
+    config: RunConfig, runs: list[discovery.RunInputs], settings: preflight.Settings
+) -> list[RunTask]:
+    return [
+        RunTask(config, run, settings.seed_set, settings.strategy, _FMRIPREP_NAME) for run in runs
+    ]
 
 
 def _matplotlib_cache(work_dir: Path) -> None:

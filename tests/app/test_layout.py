@@ -203,7 +203,13 @@ def test_orchestration_is_imported_only_from_above() -> None:
         "bids_spheres.app.cli": {"bids_spheres.__main__"},
         "bids_spheres.app.workflow": {"bids_spheres.app.cli"},
         "bids_spheres.app.execution": {"bids_spheres.app.workflow"},
-        "bids_spheres.app.run": {"bids_spheres.app.workflow", "bids_spheres.app.execution"},
+        # preflight checks, before any run, what the run's own steps would refuse
+        "bids_spheres.app.run": {
+            "bids_spheres.app.workflow",
+            "bids_spheres.app.execution",
+            "bids_spheres.app.preflight",
+        },
+        "bids_spheres.app.preflight": {"bids_spheres.app.workflow"},
     }
     wrong = [
         f"{i.module} line {i.line} imports {i.target}"
