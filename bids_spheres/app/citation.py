@@ -547,9 +547,10 @@ def _seed_paragraphs(text: Methods, config: RunConfig, seed_set: Any) -> list[st
     second = (
         f"Each seed was modelled as {radius}: a sphere holds every voxel of the BOLD grid "
         "whose centre lies within the radius of the seed (inclusive), plus the voxel "
-        "nearest the seed so that no sphere inside the field of view is empty, as "
-        f"nilearn's NiftiSpheresMasker defines spheres {text.cite('abraham2014')}, restricted "
-        f"to {mask}. The signal of a sphere is the mean over its voxels at each volume"
+        "nearest the seed so that no sphere inside the field of view is empty (nilearn's "
+        f"NiftiSpheresMasker definition {text.cite('abraham2014')}, without the one voxel "
+        "nilearn adds at the truncated seed coordinates, which can lie outside the sphere), "
+        f"restricted to {mask}. The signal of a sphere is the mean over its voxels at each volume"
         + (
             f", after spatial smoothing with a Gaussian kernel of {config.smoothing_fwhm:g} mm "
             "FWHM"
