@@ -7,8 +7,10 @@ effects); :func:`main` parses, checks arguments across each other (through
 :meth:`bids_spheres.app.config.RunConfig.from_args`), runs the requested level
 and turns every error a user can cause into ONE line on stderr and a BIDS-App
 exit code: 0 success, 1 some runs failed, 16 validation, 17 unknown analysis
-level, 18 filters selected nothing, 64 usage (argparse's 2 is never used),
-65 bad data, 66 missing input, 70 internal error (an unexpected exception: a
+level, 64 usage (argparse's 2 is never used; an option error is one line and a
+one-line usage hint), 65 bad data, 66 missing input (also: the selection --
+participant, session, task, run, space, filters -- matched nothing), 70
+internal error (an unexpected exception: a
 bug to report), 73 cannot create output (also: the disk filled up during the
 job, which then stops), 129/143 stopped by SIGHUP/SIGTERM (130 Ctrl-C): the
 workers are terminated and their temporary files removed. Tracebacks are
@@ -37,14 +39,13 @@ from bids_spheres.errors import (
     one_line,
 )
 
-__all__ = ["EXIT_CODES", "build_parser", "demo_main", "main"]
+__all__ = ["EXIT_CODES", "USAGE_HINT", "build_parser", "demo_main", "main"]
 
 EXIT_CODES = {
     "ok": 0,
     "some runs failed": 1,
     "validation": 16,
     "unknown level": 17,
-    "nothing selected": 18,
     "usage": 64,
     "bad data": 65,
     "missing input": 66,
@@ -57,12 +58,22 @@ EXIT_CODES = {
 ANALYSIS_LEVELS = ("participant", "group")
 
 
+#: The one-line hint printed after an option error (instead of argparse's usage block).
+USAGE_HINT = (
+    "usage: bids_spheres BIDS_DIR OUTPUT_DIR {participant,group} [options]; "
+    "bids_spheres --help lists the options"
+)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with the BIDS-App usage exit code (64) instead of 2."""
+    """argparse with the BIDS-App usage exit code (64) instead of 2, and one-line errors.
+
+    An option error is the error on one line and :data:`USAGE_HINT` on the next, not
+    argparse's usage block (20 lines for this parser).
+    """
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(64, f"{self.prog}: error: {message}\n")
+        self.exit(64, f"{self.prog}: error: {' '.join(message.split())}\n{USAGE_HINT}\n")
 
 
 def _positive_float(text: str) -> float:
@@ -290,7 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     other = parser.add_argument_group("execution")
-    other.add_argument("--nprocs", type=_positive_int, default=1, help="runs processed at once")
+    other.add_argument(
+        "--nprocs",
+        type=_positive_int,
+        help="runs processed at once; default: the CPUs this process may use (its CPU "
+        "affinity, at most SLURM_CPUS_PER_TASK when set)",
+    )
     other.add_argument(
         "--dask-scheduler",
         metavar="ADDRESS",
@@ -314,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     other.add_argument(
         "--skip-bids-validator",
+        "--skip_bids_validator",
+        dest="skip_bids_validator",
         action="store_true",
         help="do not check that bids_dir looks like a BIDS dataset",
     )

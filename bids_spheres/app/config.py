@@ -8,7 +8,8 @@ low_pass``; output_dir not the input dataset; a readable filter file;
 ``--space`` syntax; ``--radius`` from 0 to
 :data:`~bids_spheres.app.seeds.MAX_RADIUS_MM`; a ``--dask-scheduler`` address
 that :func:`parse_dask_address` accepts), raising
-:class:`~bids_spheres.errors.UsageError` with the fix.
+:class:`~bids_spheres.errors.UsageError` with the fix; ``--nprocs`` not given
+is :func:`available_cpus`.
 :meth:`RunConfig.cleaning_parameters` is the part that defines the numbers
 written (used for provenance and for the "already finished" check);
 :meth:`RunConfig.to_json` is everything, for provenance.
@@ -17,6 +18,7 @@ written (used for provenance and for the "already finished" check);
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from bids_spheres.app.filters import load_filter_file
 from bids_spheres.app.seeds import MAX_RADIUS_MM
 from bids_spheres.errors import UsageError
 
-__all__ = ["RunConfig", "parse_dask_address", "parse_space"]
+__all__ = ["RunConfig", "available_cpus", "parse_dask_address", "parse_space"]
 
 _SPACE = re.compile(r"^[A-Za-z0-9]+$")
 _MODIFIER = re.compile(r"^(?P<key>cohort|res)-(?P<value>[A-Za-z0-9]+)$")
@@ -201,7 +203,7 @@ class RunConfig:
             low_pass=args.low_pass,
             max_mean_fd=args.max_mean_fd,
             min_volumes=args.min_volumes,
-            nprocs=args.nprocs,
+            nprocs=args.nprocs if args.nprocs is not None else available_cpus(),
             dask_scheduler=(
                 parse_dask_address(args.dask_scheduler)
                 if getattr(args, "dask_scheduler", None) is not None
@@ -247,6 +249,25 @@ class RunConfig:
             if isinstance(value, Path):
                 out[key] = str(value)
         return out
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, at most ``SLURM_CPUS_PER_TASK``.
+
+    ``os.sched_getaffinity`` (Linux; ``os.cpu_count()`` elsewhere) counts the CPUs
+    the scheduler lets this process run on -- a container's ``--cpuset-cpus``, a
+    ``taskset``, a SLURM job's cgroup with task affinity. ``SLURM_CPUS_PER_TASK``,
+    when set to a positive number, caps it (SLURM may leave the affinity wider than
+    the allocation). Always at least 1.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        n = min(n, int(slurm))
+    return max(n, 1)
 
 
 def _check_radius(value: float) -> float:
