@@ -39,11 +39,18 @@ def _command(demo, out: Path, *extra: str, work: Path | None = None) -> list[str
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("sub-*/**/*"))
-        if p.is_file()
-    }
+    """Every run file's bytes; a timeseries sidecar without its ``CommandLine`` (the jobs'
+    command lines differ, e.g. by --participant-label)."""
+    files = {}
+    for p in sorted(out.rglob("sub-*/**/*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name.endswith("_timeseries.json"):
+                sidecar = json.loads(data)
+                sidecar.pop("CommandLine")
+                data = json.dumps(sidecar, sort_keys=True).encode()
+            files[str(p.relative_to(out))] = data
+    return files
 
 
 def _check_consistent(out: Path) -> None:

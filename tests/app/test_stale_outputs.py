@@ -152,13 +152,14 @@ def test_big_gzip_images_are_stamped_by_their_trailer(
     monkeypatch.setattr(run, "_HASHED_BYTES", 0)
     bold = _func(small.root, "*space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
     raw = gzip.decompress(bold.read_bytes())
-    stamp = run._file_stamp(bold, small.root)
-    assert stamp[0] == bold.relative_to(small.root).as_posix()
+    links = {"fmriprep": small.root}
+    stamp = run._file_stamp(bold, links)
+    assert stamp[0] == "bids:fmriprep:" + bold.relative_to(small.root).as_posix()
     assert stamp[2] == "gzip:" + bold.read_bytes()[-8:].hex()
     bold.write_bytes(gzip.compress(raw, compresslevel=1))  # same data, other bytes
-    assert run._file_stamp(bold, small.root)[2] == stamp[2]
+    assert run._file_stamp(bold, links)[2] == stamp[2]
     _same_size_edit(bold)  # other data
-    assert run._file_stamp(bold, small.root)[2] != stamp[2]
+    assert run._file_stamp(bold, links)[2] != stamp[2]
 
 
 def _cli(root: Path, out: Path, *extra: str) -> int:
