@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -36,11 +37,18 @@ def cluster():
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("sub-*/**/*"))
-        if p.is_file()
-    }
+    """Every run file's bytes; a timeseries sidecar without its ``CommandLine`` (the runs
+    compared were started with other options: --dask-scheduler, --nprocs)."""
+    files = {}
+    for p in sorted(out.rglob("sub-*/**/*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name.endswith("_timeseries.json"):
+                sidecar = json.loads(data)
+                sidecar.pop("CommandLine")
+                data = json.dumps(sidecar, sort_keys=True).encode()
+            files[str(p.relative_to(out))] = data
+    return files
 
 
 def _args(demo, out: Path, *extra: str) -> list[str]:
