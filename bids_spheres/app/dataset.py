@@ -118,9 +118,9 @@ Sphere (seed) timeseries extracted from fMRIPrep outputs by bids_spheres {__vers
 - `logs/CITATION.md`, `CITATION.html`, `CITATION.bib`: a methods section written from
   the parameters used, with its references.
 
-No file names an absolute path, so the dataset can be moved, or processed on another
-machine or in a container, without changing its provenance: a rerun with the same
-inputs and parameters skips the runs already written.
+No JSON, TSV or methods file names an absolute path, so the dataset can be moved, or
+processed on another machine or in a container, without changing its provenance: a rerun
+with the same inputs and parameters skips the runs already written.
 """
 
 
