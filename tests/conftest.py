@@ -151,6 +151,15 @@ def demo_copy(demo_dataset: DemoInfo, tmp_path: Path) -> DemoInfo:
 
 
 @pytest.fixture(autouse=True)
+def _one_run_at_a_time_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--nprocs`` defaults to the CPUs the process may use, capped by
+    ``SLURM_CPUS_PER_TASK`` (issue 14): the tests cap it at 1, so that runs started
+    without ``--nprocs`` stay inline, as the tests were written (their log lines reach
+    ``capsys``); a test that wants workers passes ``--nprocs`` or sets the variable."""
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+
+
+@pytest.fixture(autouse=True)
 def _shared_demos_stay_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test that used a shared dataset: fail it if the dataset changed."""
     yield
