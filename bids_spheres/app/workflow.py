@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_spheres import __version__
-from bids_spheres.app import confounds, discovery, execution, outputs, seeds
+from bids_spheres.app import confounds, discovery, execution, native, outputs, seeds
 from bids_spheres.app.config import RunConfig
 from bids_spheres.app.run import RunResult, RunTask, process_run
 from bids_spheres.errors import NothingSelectedError, UsageError
@@ -55,7 +55,7 @@ def participant(config: RunConfig) -> int:
     # it in a short-lived child keeps the coordinating process small: it only receives
     # the list of runs, and pybids is imported only there (tests/app/test_imports.py).
     database_dir = config.bids_database_dir or config.work_dir / "bids_db"
-    runs = execution.in_child(
+    runs, targets = execution.in_child(
         _discover, config, raw_root, fmriprep_root, writes=f"the pybids index in {database_dir}"
     )
     if not runs:
@@ -64,7 +64,7 @@ def participant(config: RunConfig) -> int:
             "--session-label, --run and --bids-filter-file"
         )
     seed_set = seeds.load(config.seeds)  # radii filled per run: the table stays stable
-    for message in seeds.check_space(seed_set, config.space):
+    for message in native.check_space(seed_set, config.space, targets):
         log.warning(message)  # once per job; each run's sidecar records it too
     strategy = confounds.load_strategy(config.denoise_strategy)
     log.info(
@@ -98,7 +98,10 @@ def participant(config: RunConfig) -> int:
         },
     )
 
-    tasks = [RunTask(config, run, seed_set, strategy, fmriprep_name) for run in runs]
+    tasks = [
+        RunTask(config, run, seed_set, strategy, fmriprep_name, targets.get(str(run.bold)))
+        for run in runs
+    ]
     return execution.summarize(execution.execute(tasks, config.nprocs, config.dask_scheduler))
 
 
@@ -117,13 +120,17 @@ def group(config: RunConfig) -> int:
 
 def _discover(
     config: RunConfig, raw_root: Path | None, fmriprep_root: Path
-) -> list[discovery.RunInputs]:
-    """Index the fMRIPrep dataset and select the runs (runs in a child process)."""
+) -> tuple[list[discovery.RunInputs], dict[str, native.NativeTarget]]:
+    """Index the fMRIPrep dataset, select the runs and their seed transforms (in a child).
+
+    The transforms (``{bold: NativeTarget}``) are found only for a native ``--space``
+    with template seeds (:func:`bids_spheres.app.native.find_targets`), else ``{}``.
+    """
     database_dir = config.bids_database_dir or config.work_dir / "bids_db"
     layout = discovery.make_layout(
         fmriprep_root, database_dir, input_dirs=[p for p in (config.bids_dir, raw_root) if p]
     )
-    return discovery.collect_runs(
+    runs = discovery.collect_runs(
         layout,
         participant_label=config.participant_label,
         session_label=config.session_label,
@@ -132,6 +139,7 @@ def _discover(
         space=config.space_with_res,
         bids_filters=config.bids_filters,
     )
+    return runs, native.find_targets(layout, runs, config.seeds, config.space)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
