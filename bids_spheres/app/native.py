@@ -77,7 +77,9 @@ if TYPE_CHECKING:
     from bids.layout import BIDSLayout
 
     from bids_spheres.app.discovery import RunInputs
-    from bids_spheres.app.run import RunTask
+
+# A bids_spheres.app.run.RunTask (run imports this module: named, not imported, here).
+_RunTask = Any
 
 __all__ = [
     "NATIVE_RUN_SPACES",
@@ -219,7 +221,7 @@ def check_space(
 # --------------------------------------------------------------------------- in a run
 
 
-def to_native(task: RunTask) -> RunTask:
+def to_native(task: _RunTask) -> _RunTask:
     """The task with its seeds in the run's space (unchanged when ``task.native`` is None).
 
     Raises
@@ -250,7 +252,7 @@ def to_native(task: RunTask) -> RunTask:
     )
 
 
-def record(task: RunTask, sidecar: dict[str, Any]) -> dict[str, Any]:
+def record(task: _RunTask, sidecar: dict[str, Any]) -> dict[str, Any]:
     """Add the native coordinates, the transform and the template to a run sidecar.
 
     ``Seeds[name].CoordinatesMM`` are set back to the template coordinates (the
@@ -401,9 +403,16 @@ _MEMORY: dict[str, np.ndarray] = {}
 
 
 def _map_uncached(path: Path, points: np.ndarray) -> np.ndarray:
-    """ITK's order (last stored first), each step with nitransforms."""
-    from nitransforms.io.itk import ITKCompositeH5, ITKLinearTransform
-    from nitransforms.linear import Affine
+    """Read the file and map the points through it."""
+    mapped = _apply(_read(path), points)
+    if not np.isfinite(mapped).all():
+        raise DataError(f"transform {path} maps seeds to non-finite coordinates; check the file")
+    return mapped
+
+
+def _read(path: Path) -> list[Any]:
+    """The transforms stored in an ITK composite ``.h5``, in file order (nitransforms' reader)."""
+    from nitransforms.io.itk import ITKCompositeH5
 
     try:
         stored = ITKCompositeH5.from_filename(str(path))
@@ -415,14 +424,20 @@ def _map_uncached(path: Path, points: np.ndarray) -> np.ndarray:
         ) from err
     if not stored:
         raise DataError(f"transform {path} holds no transform; rerun fMRIPrep for this subject")
+    return list(stored)
+
+
+def _apply(stored: Sequence[Any], points: np.ndarray) -> np.ndarray:
+    """ITK's order (last stored first), each step with nitransforms."""
+    from nitransforms.io.itk import ITKLinearTransform
+    from nitransforms.linear import Affine
+
     mapped = points.copy()
     for step in reversed(stored):  # nitransforms.manip.TransformChain.from_filename's order
         if isinstance(step, ITKLinearTransform):
             mapped = np.asarray(Affine(step.to_ras()).map(mapped), dtype=np.float64)
         else:
             mapped = _through_field(step, mapped)
-    if not np.isfinite(mapped).all():
-        raise DataError(f"transform {path} maps seeds to non-finite coordinates; check the file")
     return mapped
 
 
@@ -565,7 +580,7 @@ def _cohort_of(space: str) -> str | None:
     return None
 
 
-def _uri(task: RunTask, path: Path) -> str:
+def _uri(task: _RunTask, path: Path) -> str:
     root = task.run.fmriprep_root
     try:
         relative = Path(path).relative_to(root).as_posix()
