@@ -105,3 +105,108 @@ def test_unreadable_and_missing_transforms_are_one_line_errors(tmp_path: Path) -
 )
 def test_template_candidates(seed_space, run_space, expected) -> None:
     assert native.template_candidates(seed_space, run_space) == expected
+
+
+# --------------------------------------------------------------------------- finding transforms
+
+
+@pytest.fixture(scope="module")
+def sessions_layout(tmp_path_factory: pytest.TempPathFactory):
+    """Two subjects x sessions 1, 2 with transform files (names only) where fMRIPrep puts them."""
+    from bids_spheres.app.demo import build_dataset
+    from bids_spheres.app.discovery import collect_runs, make_layout
+
+    info = build_dataset(
+        tmp_path_factory.mktemp("targets") / "ds", n_runs=1, sessions=["1", "2"], n_volumes=40
+    )
+    root = info.fmriprep_dir
+    names = {
+        "sub-01/anat/sub-01": ["MNI152NLin2009cAsym"],
+        "sub-01/ses-2/anat/sub-01_ses-2": [
+            "MNI152NLin2009cAsym",
+            "MNIPediatricAsym_cohort-1",
+            "MNIPediatricAsym_cohort-2",
+        ],
+        "sub-02/ses-2/anat/sub-02_ses-2": ["MNI152NLin2009cAsym", "MNI152NLin6Asym"],
+    }
+    for prefix, templates in names.items():
+        (root / prefix).parent.mkdir(parents=True, exist_ok=True)
+        for template in templates:
+            for name in (f"from-T1w_to-{template}", f"from-{template}_to-T1w"):
+                (root / f"{prefix}_{name}_mode-image_xfm.h5").write_bytes(b"")
+    layout = make_layout(root, None)
+    return root, layout, collect_runs(layout, space="T1w")
+
+
+def _seeds_in(tmp_path: Path, space: str) -> str:
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text("name\tx\ty\tz\nA\t0\t-52\t26\n")
+    tsv.with_suffix(".json").write_text(f'{{"Space": "{space}"}}')
+    return str(tsv)
+
+
+def _chosen(targets: dict, root: Path) -> dict[str, str]:
+    out = {}
+    for bold, target in sorted(targets.items()):
+        label = Path(bold).name.split("_task")[0]
+        out[label] = (
+            target.transform.relative_to(root).as_posix() if target.transform else target.problem
+        )
+    return out
+
+
+def test_each_run_takes_its_session_then_the_subject_then_the_only_session_transform(
+    sessions_layout, tmp_path: Path
+) -> None:
+    root, layout, runs = sessions_layout
+    targets = native.find_targets(layout, runs, _seeds_in(tmp_path, "MNI152"), "T1w")
+    assert {t.template for t in targets.values()} == {"MNI152NLin2009cAsym"}
+    assert _chosen(targets, root) == {
+        "sub-01_ses-1": "sub-01/anat/sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5",
+        "sub-01_ses-2": (
+            "sub-01/ses-2/anat/sub-01_ses-2_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5"
+        ),
+        "sub-02_ses-1": (
+            "sub-02/ses-2/anat/sub-02_ses-2_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5"
+        ),
+        "sub-02_ses-2": (
+            "sub-02/ses-2/anat/sub-02_ses-2_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5"
+        ),
+    }
+
+
+def test_a_template_some_subjects_lack_fails_only_their_runs(sessions_layout, tmp_path) -> None:
+    root, layout, runs = sessions_layout
+    chosen = _chosen(
+        native.find_targets(layout, runs, _seeds_in(tmp_path, "MNI152NLin6Asym"), "T1w"), root
+    )
+    assert chosen["sub-02_ses-1"].endswith(
+        "sub-02_ses-2_from-T1w_to-MNI152NLin6Asym_mode-image_xfm.h5"
+    )
+    for label in ("sub-01_ses-1", "sub-01_ses-2"):
+        assert chosen[label].startswith(
+            "no from-T1w_to-MNI152NLin6Asym_mode-image_xfm.h5 transform"
+        )
+        assert f"sub-01/anat or sub-01/ses-{label[-1]}/anat" in chosen[label]
+
+
+def test_cohorts_are_told_apart(sessions_layout, tmp_path: Path) -> None:
+    root, layout, runs = sessions_layout
+    ses2 = [r for r in runs if (r.entities["subject"], r.entities["session"]) == ("01", "2")]
+    seeds_tsv = _seeds_in(tmp_path, "MNIPediatricAsym:cohort-2")
+    [chosen] = _chosen(native.find_targets(layout, ses2, seeds_tsv, "T1w"), root).values()
+    assert chosen.endswith("_to-MNIPediatricAsym_cohort-2_mode-image_xfm.h5")
+    seeds_tsv = _seeds_in(tmp_path, "MNIPediatricAsym")
+    [chosen] = _chosen(native.find_targets(layout, ses2, seeds_tsv, "T1w"), root).values()
+    assert "several cohorts (cohort-1, cohort-2)" in chosen
+
+
+def test_no_mapping_without_a_native_space_or_with_native_seeds(sessions_layout, tmp_path) -> None:
+    _, layout, runs = sessions_layout
+    assert (
+        native.find_targets(layout, runs, _seeds_in(tmp_path, "MNI152"), "MNI152NLin2009cAsym")
+        == {}
+    )
+    assert native.find_targets(layout, runs, _seeds_in(tmp_path, "T1w"), "T1w") == {}
+    with pytest.raises(DataError, match=r"no selected subject .* from-T1w_to-MNI152Lin_mode"):
+        native.find_targets(layout, runs, _seeds_in(tmp_path, "MNI152Lin"), "T1w")
