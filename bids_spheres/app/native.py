@@ -193,13 +193,13 @@ def find_targets(
     present = sorted({to for items in found.values() for _, to, _, _ in items})
     template = _choose_template(candidates, present)
     if template is None:
-        wanted = candidates[0] if candidates else "an MNI152 template"
+        wanted = candidates[0] if candidates else TEMPLATE_PREFERENCE[0]
+        expected = _pattern(space, wanted) if candidates else f"from-{space}_to-MNI152*"
         raise DataError(
             f"seeds {str(seed_set.source)!r} are in {seed_set.space!r} coordinates, but no "
-            f"selected subject of {root} has a {_pattern(space, wanted)} transform (transforms "
-            f"from {space} present: {', '.join(present) or 'none'}); run with --space "
-            f"{wanted if candidates else 'MNI152NLin2009cAsym'}, or rerun fMRIPrep with "
-            f"--output-spaces {wanted if candidates else 'MNI152NLin2009cAsym'}"
+            f"selected subject of {root} has a {expected} transform in anat/ (transforms from "
+            f"{space} to: {', '.join(present) or 'none'}); run with --space {wanted}, or rerun "
+            f"fMRIPrep with --output-spaces {wanted} {space}"
         )
     targets = {}
     for run in runs:
