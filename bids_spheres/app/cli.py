@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--space",
         default="MNI152NLin2009cAsym",
         help="template space of the BOLD runs, optionally with a resolution as fMRIPrep "
-        "writes it, e.g. MNI152NLin2009cAsym:res-2",
+        "writes it, e.g. MNI152NLin2009cAsym:res-2; T1w (or T1w:res-native) maps template "
+        "seeds into each subject's T1w through fMRIPrep's from-T1w_to-<template> transform",
     )
     sel.add_argument(
         "--bids-filter-file",

@@ -155,6 +155,8 @@ class RunConfig:
                 f"--high-pass {args.high_pass} Hz must be lower than --low-pass {args.low_pass} Hz"
             )
         space, cohort, res = parse_space(args.space)
+        if res == "native":  # fMRIPrep's res-native (e.g. T1w:res-native): the BOLD's own
+            res = None  # grid, whose files carry no res entity
         filters = None
         if args.bids_filter_file is not None:
             filters = load_filter_file(args.bids_filter_file)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_spheres.app import confounds, seeds
+from bids_spheres.app import confounds, native, seeds
 from bids_spheres.app.config import RunConfig
 from bids_spheres.app.run import RunTask, input_files, mask_on_grid
 from bids_spheres.errors import (
@@ -90,7 +90,7 @@ def before_index(config: RunConfig) -> Settings:
     ):
         if path is not None:
             check_creatable(Path(path), what)
-    return Settings(seed_set, strategy, tuple(seeds.check_space(seed_set, config.space)))
+    return Settings(seed_set, strategy, tuple(native.check_space(seed_set, config.space)))
 
 
 def before_runs(tasks: Sequence[RunTask]) -> None:
@@ -181,6 +181,8 @@ def _check_template_masks(tasks: Sequence[RunTask]) -> None:
 
 
 def _refuse_overlap_everywhere(tasks: Sequence[RunTask]) -> None:
+    if any(task.native is not None for task in tasks):
+        return  # seeds mapped per subject (--space T1w): each run checks its own spheres
     example = None
     for task in tasks:
         try:

@@ -43,7 +43,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_spheres import __version__
-from bids_spheres.app import confounds, discovery, outputs, provenance, seeds
+from bids_spheres.app import confounds, discovery, native, outputs, provenance, seeds
 from bids_spheres.app.config import RunConfig
 from bids_spheres.errors import (
     BidsSpheresError,
@@ -90,6 +90,7 @@ class RunTask:
     seeds: seeds.SeedSet
     strategy: confounds.Strategy
     fmriprep_name: str
+    native: native.NativeTarget | None = None  # --space T1w with template seeds (issue 16)
 
 
 @dataclass(frozen=True)
@@ -199,12 +200,14 @@ def _steps(task: RunTask) -> RunResult:
     if planned.finished:
         log.info("finished already: %s", planned.paths.timeseries_tsv.name)
         return RunResult(str(task.run.bold), "finished")
+    task = native.to_native(task)  # template seeds into the run's space; no-op otherwise
     source = open_bold(task)
     mask = mask_on_grid(task, source)
     placed = place_spheres(task, source, mask)
     nuisance = select_confounds(task, source.n_volumes)
     signals = extract(task, source, mask, placed, nuisance)
     sidecar = run_sidecar(task, planned, source, mask, placed, nuisance, signals)
+    sidecar = native.record(task, sidecar)  # native coordinates, transform, template
     relmat_json = relmat_sidecar(task, planned)
     return write(task, planned, signals, sidecar, relmat_json)
 
@@ -263,8 +266,10 @@ def input_files(task: RunTask) -> dict[str, Path]:
     ``bold`` (its header gives the grid), ``bold_read`` (the BOLD the strategy
     reads when it is not ``bold``: fMRIPrep's ``desc-smoothAROMAnonaggr``),
     ``sidecar`` (the BOLD's JSON), ``mask`` (the one ``--mask`` uses, found as
-    :func:`mask_on_grid` finds it, not loaded), ``confounds`` and
-    ``confounds_json``; absent files are left out. :func:`plan` hashes their
+    :func:`mask_on_grid` finds it, not loaded), ``transform`` (the fMRIPrep
+    transform that maps template seeds into the run's space, see
+    :mod:`bids_spheres.app.native`), ``confounds`` and ``confounds_json``;
+    absent files are left out. :func:`plan` hashes their
     content and :func:`run_sidecar` lists them as ``Sources``.
     """
     config, run, strategy = task.config, task.run, task.strategy
@@ -277,6 +282,8 @@ def input_files(task: RunTask) -> dict[str, Path]:
     elif config.mask != "none":
         files["mask"] = Path(_mask_for(config, run)[0])
     files["confounds"] = run.confounds
+    if task.native is not None:  # the transform that put template seeds in this space
+        files["transform"] = task.native.transform
     if run.confounds is not None:
         beside = run.confounds.with_suffix(".json")  # the one confounds.select reads
         files["confounds_json"] = beside if beside.is_file() else run.confounds_json

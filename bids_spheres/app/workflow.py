@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bids_spheres.app import dataset, discovery, execution, outputs, preflight
+from bids_spheres.app import dataset, discovery, execution, native, outputs, preflight
 from bids_spheres.app.config import RunConfig
 from bids_spheres.app.run import RunResult, RunTask, process_run
 from bids_spheres.errors import NothingSelectedError, UsageError
@@ -64,7 +64,7 @@ def participant(config: RunConfig) -> int:
     # it in a short-lived child keeps the coordinating process small: it only receives
     # the list of runs, and pybids is imported only there (tests/app/test_imports.py).
     database_dir = config.bids_database_dir or config.work_dir / "bids_db"
-    runs = execution.in_child(
+    runs, targets = execution.in_child(
         _discover,
         config,
         raw_root,
@@ -92,7 +92,7 @@ def participant(config: RunConfig) -> int:
     # dataset_description.json, .bidsignore, the seed table, README.md, logs/CITATION.*
     dataset.write_dataset_files(config, fmriprep_root, seed_set, strategy)
 
-    tasks = _tasks(config, runs, settings)
+    tasks = _tasks(config, runs, settings, targets)
     return execution.summarize(execution.execute(tasks, config.nprocs, config.dask_scheduler))
 
 
@@ -113,14 +113,18 @@ def group(config: RunConfig) -> int:
 
 def _discover(
     config: RunConfig, raw_root: Path | None, fmriprep_root: Path, settings: preflight.Settings
-) -> list[discovery.RunInputs]:
+) -> tuple[list[discovery.RunInputs], dict[str, native.NativeTarget]]:
     """Index the fMRIPrep dataset, select the runs and check them (runs in a child process).
 
-    The selection and :func:`preflight.before_runs` run before a new index is saved:
+    Returns the runs and their seed transforms (``{bold: NativeTarget}``), found only
+    for a native ``--space`` with template seeds
+    (:func:`bids_spheres.app.native.find_targets`), else ``{}``. The selection, the
+    transforms and :func:`preflight.before_runs` run before a new index is saved:
     a start they refuse leaves no index (nor work folder) behind.
     """
     database_dir = config.bids_database_dir or config.work_dir / "bids_db"
     selected: list[discovery.RunInputs] = []
+    targets: dict[str, native.NativeTarget] = {}
 
     def select(layout: Any) -> None:
         runs = discovery.collect_runs(
@@ -132,8 +136,10 @@ def _discover(
             space=config.space_with_res,
             bids_filters=config.bids_filters,
         )
-        preflight.before_runs(_tasks(config, runs, settings))
+        found = native.find_targets(layout, runs, config.seeds, config.space)
+        preflight.before_runs(_tasks(config, runs, settings, found))
         selected[:] = runs
+        targets.update(found)
 
     discovery.make_layout(
         fmriprep_root,
@@ -142,14 +148,25 @@ def _discover(
         own_dirs=[config.output_dir],
         before_saving=select,
     )
-    return selected
+    return selected, targets
 
 
 def _tasks(
-    config: RunConfig, runs: list[discovery.RunInputs], settings: preflight.Settings
+    config: RunConfig,
+    runs: list[discovery.RunInputs],
+    settings: preflight.Settings,
+    targets: dict[str, native.NativeTarget],
 ) -> list[RunTask]:
     return [
-        RunTask(config, run, settings.seed_set, settings.strategy, _FMRIPREP_NAME) for run in runs
+        RunTask(
+            config,
+            run,
+            settings.seed_set,
+            settings.strategy,
+            _FMRIPREP_NAME,
+            targets.get(str(run.bold)),
+        )
+        for run in runs
     ]
 
 
