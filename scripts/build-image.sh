@@ -243,9 +243,12 @@ if [ "$DEBIAN_BASE" = 1 ]; then
         bookworm "$WORK/rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
     chroot "$WORK/rootfs" apt-get clean
     rm -rf "$WORK"/rootfs/var/lib/apt/lists/* "$WORK"/rootfs/var/cache/apt/*.bin
-    # as Debian's slim images: no documentation, manual pages or translations, now or later
-    rm -rf "$WORK"/rootfs/usr/share/doc/* "$WORK"/rootfs/usr/share/man/* \
-        "$WORK"/rootfs/usr/share/info/* "$WORK"/rootfs/usr/share/locale/*
+    # as Debian's slim images: no documentation (but the copyright files), manual pages or
+    # translations, now or later
+    find "$WORK/rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+    find "$WORK/rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+    rm -rf "$WORK"/rootfs/usr/share/man/* "$WORK"/rootfs/usr/share/info/* \
+        "$WORK"/rootfs/usr/share/locale/*
     printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
         'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
         'path-exclude /usr/share/locale/*' >"$WORK/rootfs/etc/dpkg/dpkg.cfg.d/docker-slim"
