@@ -10,9 +10,13 @@
 #                            python3 + python3-venv from the Debian mirror, import it as
 #                            localhost/bids_spheres-base:bookworm and build FROM it
 #                            (root, debootstrap; implies --base)
-#   --no-templates           TEMPLATEFLOW_FETCH=0: do not download TemplateFlow templates
+#   --no-templates           TEMPLATEFLOW_FETCH=0: do not download TemplateFlow templates;
+#                            the image is tagged <tag>-notemplates (never the release tag)
 #   --templateflow-home DIR  TEMPLATEFLOW_FETCH=0, then add DIR (a TemplateFlow home with
-#                            tpl-*/ folders) as /opt/templateflow in a last layer
+#                            tpl-*/ folders) as /opt/templateflow in a last layer, after
+#                            checking its templates against scripts/image/templates.sha256
+#   --record-template-sums DIR  only rewrite scripts/image/templates.sha256 with the sha256
+#                            of the templates in DIR (a TemplateFlow home you trust)
 #   --ca-bundle FILE         buildah only: bind-mount FILE over the base's
 #                            /etc/ssl/certs/ca-certificates.crt during RUN steps (pip behind a
 #                            TLS-intercepting proxy); nothing of it is left in the image
@@ -20,15 +24,19 @@
 #                            `apptainer build x.sif docker-archive://FILE.tar`)
 #   --write-lock             only rewrite requirements.lock: pin the versions installed in the
 #                            current Python (${PYTHON:-python3}) of the runtime dependency closure
-#                            (pyproject.toml dependencies + templateflow), keeping its build-tool
-#                            pins; run it where the test suite passes, then review the diff
+#                            (pyproject.toml dependencies + templateflow + distributed), keeping
+#                            its build-tool pins, each with the sha256 of every file of that
+#                            release on PyPI (PIP_INDEX_URL, default https://pypi.org/simple);
+#                            run it where the test suite passes, then review the diff
 #   -h, --help
 #
 # Needs: bash, and either a Docker engine (docker CLI + daemon) or buildah (Debian/Ubuntu
 # package `buildah`; run as root, or rootless with /etc/subuid and /etc/subgid entries and
 # fuse-overlayfs). Network: the base image's registry (not with --debian-base, which needs the
 # Debian mirror instead), PyPI for the locked packages and, unless --no-templates or
-# --templateflow-home, TemplateFlow's S3 bucket. buildah is run with BUILDAH_ISOLATION=chroot
+# --templateflow-home, TemplateFlow's S3 bucket. The image gets the OCI labels created (now,
+# or SOURCE_DATE_EPOCH) and revision (git rev-parse HEAD, +dirty with local changes), and
+# BIDS_SPHERES_CONTAINER_TAG=<tag>. The script prints the image's size when done. buildah is run with BUILDAH_ISOLATION=chroot
 # (works inside containers and sandboxes without user namespaces); set BUILDAH_ISOLATION=oci
 # to use a runtime, and STORAGE_DRIVER=vfs where overlay mounts are refused.
 set -euo pipefail
@@ -41,17 +49,39 @@ die() {
 
 write_lock() {
     "${PYTHON:-python3}" - <<'PY'
+"""requirements.lock: the runtime closure pinned as installed here, with PyPI's sha256 of
+every file of each pinned release (as pip-compile --generate-hashes writes them), so that
+`pip install --require-hashes` accepts the wheel of any platform and nothing else."""
+import json
+import os
 import re
+import urllib.request
 from importlib.metadata import distribution
 from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import Version
 
+INDEX = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
 text = Path("pyproject.toml").read_text(encoding="utf-8")
-deps = re.search(r"^dependencies = \[(.*?)\]", text, flags=re.M | re.S).group(1)
-roots = [Requirement(r) for r in re.findall(r'"([^"]+)"', deps)] + [Requirement("templateflow")]
+
+
+def toml_list(key):
+    body = re.search(rf"^{re.escape(key)} = \[(.*?)\]", text, flags=re.M | re.S).group(1)
+    return [Requirement(r) for r in re.findall(r'"([^"]+)"', body)]
+
+
+# the package's dependencies, the templateflow extra (the image's templates) and the dask
+# extra (distributed, for --dask-scheduler)
+roots = toml_list("dependencies") + toml_list("templateflow") + toml_list("dask")
 env = default_environment()
 seen: dict[str, tuple[str, str]] = {}
 todo = [(r.name, frozenset(r.extras)) for r in roots]
@@ -69,13 +99,51 @@ while todo:
         wanted = [""] + sorted(extras_of[key])
         if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in wanted):
             todo.append((req.name, frozenset(req.extras)))
+
+
+def hashes(name, version):
+    """sha256 of every file of name==version on PyPI's simple index (PEP 691 JSON)."""
+    request = urllib.request.Request(
+        f"{INDEX}/{canonicalize_name(name)}/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        files = json.load(reply)["files"]
+    found = set()
+    for item in files:
+        filename = item["filename"]
+        try:
+            if filename.endswith(".whl"):
+                got = parse_wheel_filename(filename)[1]
+            else:
+                got = parse_sdist_filename(filename)[1]
+        except (InvalidSdistFilename, InvalidWheelFilename):  # eggs, exe installers
+            continue
+        if got == Version(version) and "sha256" in item["hashes"]:
+            found.add(item["hashes"]["sha256"])
+    if not found:
+        raise SystemExit(f"write-lock: {INDEX} lists no files for {name}=={version}")
+    return sorted(found)
+
+
+def entry(name, version):
+    lines = [f"{name}=={version}"] + [f"    --hash=sha256:{h}" for h in hashes(name, version)]
+    return " \\\n".join(lines)
+
+
 lock = Path("requirements.lock")
 old = lock.read_text(encoding="utf-8").splitlines()
-header = [line for line in old[: next(i for i, l in enumerate(old) if not l.startswith("#"))]]
-tools = old[next(i for i, l in enumerate(old) if l.startswith("# build tools")) - 1 :]
-pins = [f"{n}=={v}" for n, v in (seen[k] for k in sorted(seen))]
-lock.write_text("\n".join([*header, *pins, *tools]) + "\n", encoding="utf-8")
-print(f"requirements.lock: {len(pins)} runtime pins")
+header = old[: next(i for i, line in enumerate(old) if not line.startswith("#"))]
+start = next(i for i, line in enumerate(old) if line.startswith("# build tools"))
+tools = [
+    re.match(r"([A-Za-z0-9._-]+)==([^ \\]+)", line).groups()
+    for line in old[start:]
+    if re.match(r"[A-Za-z0-9]", line)
+]
+pins = [entry(n, v) for n, v in (seen[k] for k in sorted(seen))]
+body = [*header, *pins, "", *old[start : start + 1], *(entry(n, v) for n, v in tools)]
+lock.write_text("\n".join(body) + "\n", encoding="utf-8")
+print(f"requirements.lock: {len(pins)} runtime pins, {len(tools)} build tools, with hashes")
 PY
 }
 
@@ -100,6 +168,11 @@ while [ $# -gt 0 ]; do
     --templateflow-home) TF_HOME=${2:?--templateflow-home needs a directory}; FETCH=0; shift 2 ;;
     --ca-bundle) CA_BUNDLE=${2:?--ca-bundle needs a file}; shift 2 ;;
     --write-lock) write_lock; exit 0 ;;
+    --record-template-sums)
+        [ -d "${2:-}" ] || die "--record-template-sums needs a TemplateFlow home directory"
+        "${PYTHON:-python3}" scripts/image/templates.py record "$2" scripts/image/templates.sha256
+        echo "build-image.sh: recorded the sha256 of the templates in $2"
+        exit 0 ;;
     --save) SAVE=${2:?--save needs a file name}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -126,6 +199,23 @@ if [ -n "$CA_BUNDLE" ]; then
     CA_BUNDLE=$(cd "$(dirname "$CA_BUNDLE")" && pwd)/$(basename "$CA_BUNDLE")
 fi
 [ -z "$TF_HOME" ] || [ -d "$TF_HOME" ] || die "--templateflow-home $TF_HOME is not a directory"
+if [ -n "$TF_HOME" ]; then
+    "${PYTHON:-python3}" scripts/image/templates.py verify "$TF_HOME" scripts/image/templates.sha256 \
+        || die "--templateflow-home $TF_HOME does not hold the templates of templates.sha256"
+fi
+# An image without templates never carries the release tag.
+if [ "$FETCH" = 0 ] && [ -z "$TF_HOME" ]; then
+    TAG="${TAG}-notemplates"
+fi
+if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
+    CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
+else
+    CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+fi
+REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+if [ "$REVISION" != unknown ] && [ -n "$(git status --porcelain 2>/dev/null)" ]; then
+    REVISION="${REVISION}+dirty"
+fi
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -153,6 +243,15 @@ if [ "$DEBIAN_BASE" = 1 ]; then
         bookworm "$WORK/rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
     chroot "$WORK/rootfs" apt-get clean
     rm -rf "$WORK"/rootfs/var/lib/apt/lists/* "$WORK"/rootfs/var/cache/apt/*.bin
+    # as Debian's slim images: no documentation (but the copyright files), manual pages or
+    # translations, now or later
+    find "$WORK/rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+    find "$WORK/rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+    rm -rf "$WORK"/rootfs/usr/share/man/* "$WORK"/rootfs/usr/share/info/* \
+        "$WORK"/rootfs/usr/share/locale/*
+    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+        'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+        'path-exclude /usr/share/locale/*' >"$WORK/rootfs/etc/dpkg/dpkg.cfg.d/docker-slim"
     if [ "$ENGINE" = docker ]; then
         tar -C "$WORK/rootfs" -c . | docker import --change 'ENV LANG=C.UTF-8' - "$BASE"
     else
@@ -164,7 +263,9 @@ if [ "$DEBIAN_BASE" = 1 ]; then
     rm -rf "$WORK/rootfs"
 fi
 
-ARGS=(--build-arg "VERSION=$VERSION" --build-arg "TEMPLATEFLOW_FETCH=$FETCH")
+ARGS=(--build-arg "VERSION=$VERSION" --build-arg "TEMPLATEFLOW_FETCH=$FETCH"
+    --build-arg "CREATED=$CREATED" --build-arg "REVISION=$REVISION"
+    --build-arg "CONTAINER_TAG=$TAG")
 [ -z "$BASE" ] || ARGS+=(--build-arg "BASE_IMAGE=$BASE")
 echo "build-image.sh: $ENGINE, $TAG, base ${BASE:-python:3.11-slim}, TEMPLATEFLOW_FETCH=$FETCH"
 build "$TAG" Dockerfile . "${ARGS[@]}"
@@ -174,7 +275,8 @@ if [ -n "$TF_HOME" ]; then
     mkdir -p "$WORK/tf/templateflow"
     cp -a "$TF_HOME"/. "$WORK/tf/templateflow/"
     chmod -R a+rX "$WORK/tf/templateflow"
-    printf 'FROM %s\nCOPY templateflow/ /opt/templateflow/\n' "$TAG" >"$WORK/tf/Dockerfile"
+    printf 'FROM %s\nLABEL org.bids_spheres.templateflow-fetch="local, sha256 checked"\nCOPY templateflow/ /opt/templateflow/\n' \
+        "$TAG" >"$WORK/tf/Dockerfile"
     build "$TAG" "$WORK/tf/Dockerfile" "$WORK/tf"
 fi
 
@@ -187,4 +289,9 @@ if [ -n "$SAVE" ]; then
     fi
     echo "build-image.sh: saved $SAVE"
 fi
-echo "build-image.sh: built $TAG"
+if [ "$ENGINE" = docker ]; then
+    SIZE="$(($(docker image inspect --format '{{.Size}}' "$TAG") / 1000000)) MB"
+else
+    SIZE=$(buildah images --noheading --format '{{.Size}}' "$TAG" | head -n 1)
+fi
+echo "build-image.sh: built $TAG, size $SIZE (uncompressed)"

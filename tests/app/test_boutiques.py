@@ -2,15 +2,21 @@
 
 Every argparse action (but ``--help`` and ``--version``) is one Boutiques input
 whose flag, type, bounds, list-ness, default and value choices agree with the
-parser; the parser's mutually exclusive groups are the descriptor's groups; the
-container image and tool version are pyproject.toml's version; ``bosh validate``
-accepts the descriptor and ``bosh exec launch --no-container`` runs the demo
-dataset end to end (participant, then group).
+parser; ``--seeds``, ``--mask`` and ``--denoise-strategy``, which take a built-in name
+or a path, are two inputs each (the names as value choices, and a ``File``), mutually
+exclusive. Every path the app reads or writes is a ``File`` input, so that bosh mounts
+it into the container. The parser's mutually exclusive groups are the descriptor's
+groups; the container image and tool version are pyproject.toml's version; ``bosh
+validate`` accepts the descriptor; ``bosh exec launch`` in container mode (a stand-in
+``docker`` on PATH records what bosh runs) mounts the output and every given file and
+runs the command line ``bosh exec simulate`` prints; ``bosh exec launch
+--no-container`` runs the demo dataset end to end (participant, then group).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -23,7 +29,9 @@ import pytest
 
 from bids_spheres import __version__
 from bids_spheres.app.cli import ANALYSIS_LEVELS, EXIT_CODES, build_parser
+from bids_spheres.app.confounds import list_presets
 from bids_spheres.app.demo import DEMO_SEEDS, DemoInfo
+from bids_spheres.app.seeds import list_builtin
 
 ROOT = Path(__file__).resolve().parents[2]
 DESCRIPTOR_PATH = ROOT / "boutiques.json"
@@ -31,10 +39,17 @@ DESCRIPTOR = json.loads(DESCRIPTOR_PATH.read_text(encoding="utf-8"))
 INPUTS = {i["id"]: i for i in DESCRIPTOR["inputs"]}
 PARSER = build_parser()
 
-# Path-typed arguments naming something that must exist (Boutiques File: mounted into the
-# container) and those the app creates (String). A new Path argument must be put in one.
-INPUT_PATHS = {"bids_dir", "derivatives", "bids_filter_file"}
-CREATED_PATHS = {"output_dir", "work_dir", "bids_database_dir"}
+# Every path the app reads or writes: a Boutiques File, which bosh mounts into the container
+# (a directory the app creates must exist before the launch). A new path argument goes here.
+PATHS = {"bids_dir", "output_dir", "derivatives", "bids_filter_file", "work_dir",
+         "bids_database_dir"}  # fmt: skip
+# Options taking a built-in name or a path: a String input with the names as choices, and a
+# File input "<id>_file" with the same flag.
+NAMES_OR_PATH = {
+    "seeds": list_builtin(),
+    "mask": ["fmriprep", "template", "none"],
+    "denoise_strategy": list_presets(),
+}
 
 
 def _input_id(action: argparse.Action) -> str:
@@ -54,6 +69,8 @@ ACTIONS = [
 ]
 PAIRS = [(a, INPUTS.get(_input_id(a))) for a in ACTIONS]
 IDS = [_input_id(a) for a in ACTIONS]
+ALL_IDS = [i for a in ACTIONS for i in (_input_id(a), f"{_input_id(a)}_file")[
+    : 2 if _input_id(a) in NAMES_OR_PATH else 1]]  # fmt: skip
 
 
 def _bosh() -> str:
@@ -78,14 +95,14 @@ def _rejects(action: argparse.Action, text: str) -> bool:
 
 
 def test_every_parser_option_is_an_input_and_nothing_else() -> None:
-    assert sorted(IDS) == sorted(INPUTS), "boutiques.json and build_parser() disagree"
-    assert len(set(IDS)) == len(IDS)
+    assert sorted(ALL_IDS) == sorted(INPUTS), "boutiques.json and build_parser() disagree"
+    assert len(set(ALL_IDS)) == len(ALL_IDS)
 
 
 def test_command_line_has_every_value_key_once_positionals_first() -> None:
     words = DESCRIPTOR["command-line"].split()
     assert words[0] == "bids_spheres"
-    keys = [f"[{i.upper()}]" for i in IDS]
+    keys = [f"[{i.upper()}]" for i in ALL_IDS]
     assert sorted(words[1:]) == sorted(keys)
     positionals = [f"[{_input_id(a).upper()}]" for a in ACTIONS if not a.option_strings]
     assert words[1 : 1 + len(positionals)] == positionals
@@ -123,9 +140,20 @@ def test_type_bounds_and_lists(action: argparse.Action, spec: dict) -> None:
     if action.nargs == "+":
         assert spec["min-list-entries"] == 1
     dest = action.dest
-    if action.type is Path or dest in INPUT_PATHS | CREATED_PATHS:
-        assert dest in INPUT_PATHS | CREATED_PATHS, f"decide whether {dest} is File or String"
-        assert spec["type"] == ("File" if dest in INPUT_PATHS else "String")
+    if action.type is Path or dest in PATHS:
+        assert dest in PATHS, f"{dest} is a path: add it to PATHS and make it a File"
+        assert spec["type"] == "File"
+        return
+    if dest in NAMES_OR_PATH:
+        assert spec["type"] == "String"
+        assert spec["value-choices"] == NAMES_OR_PATH[dest]
+        companion = INPUTS[f"{dest}_file"]
+        assert companion["type"] == "File"
+        assert companion["command-line-flag"] == spec["command-line-flag"]
+        assert companion["optional"] is True and "default-value" not in companion
+        # the parser takes a path where it takes a name
+        args = PARSER.parse_args(["in", "out", "participant", _long_flag(action), "/x/y.tsv"])
+        assert getattr(args, dest) == "/x/y.tsv"
         return
     if spec["type"] == "String":
         sample = "01" if dest == "run" else "abc1"  # run numbers are strings of digits
@@ -163,6 +191,13 @@ def test_defaults_and_choices(action: argparse.Action, spec: dict) -> None:
     if isinstance(action, argparse._CountAction):
         assert "default-value" not in spec
         return
+    if action.dest in NAMES_OR_PATH:
+        # no default in the descriptor (bosh would send it next to the File input); the
+        # description names the app's default, one of the choices
+        assert "default-value" not in spec
+        assert action.default in spec["value-choices"]
+        assert f"default: {action.default}" in spec["description"]
+        return
     if action.default is None:
         assert "default-value" not in spec
     else:
@@ -180,10 +215,11 @@ def test_mutually_exclusive_groups() -> None:
     parser_groups = sorted(
         sorted(_input_id(a) for a in g._group_actions) for g in PARSER._mutually_exclusive_groups
     )
+    parser_groups += [sorted([name, f"{name}_file"]) for name in NAMES_OR_PATH]
     descriptor_groups = sorted(
         sorted(g["members"]) for g in DESCRIPTOR.get("groups", []) if g.get("mutually-exclusive")
     )
-    assert parser_groups == descriptor_groups
+    assert sorted(parser_groups) == descriptor_groups
 
 
 def test_version_image_and_exit_codes() -> None:
@@ -247,7 +283,7 @@ def test_bosh_exec_launch_runs_the_demo(demo_one_run: DemoInfo, tmp_path: Path) 
     common = {
         "bids_dir": str(demo.root),
         "output_dir": str(out),
-        "seeds": str(demo.seeds_tsv),
+        "seeds_file": str(demo.seeds_tsv),
         "work_dir": str(tmp_path / "work"),
     }
     participant = _launch(
@@ -275,3 +311,131 @@ def test_bosh_exec_launch_runs_the_demo(demo_one_run: DemoInfo, tmp_path: Path) 
     report = out / "group" / "report.html"
     assert report.is_file() and report.stat().st_size > 1000
     assert sorted(p.name for p in (out / "group").glob("*_relmat.tsv"))
+
+
+# --------------------------------------------------------------------------- container mode
+
+FAKE_DOCKER = """#!/bin/sh
+# stand-in docker: 'pull' succeeds; 'run' records its arguments and the script bosh wrote
+if [ "$1" = run ]; then
+    printf '%s\\n' "$@" > "$BOSH_TEST_RECORD"
+    for last in "$@"; do :; done
+    cp "$last" "$BOSH_TEST_RECORD.script"
+fi
+exit 0
+"""
+
+
+def _container_invocation(tmp_path: Path) -> dict:
+    data = tmp_path / "data"
+    paths = {
+        "bids_dir": data / "fmriprep",
+        "output_dir": tmp_path / "results" / "out",
+        "derivatives": data / "derivatives",
+        "work_dir": tmp_path / "scratch" / "work",
+        "bids_database_dir": tmp_path / "scratch" / "db",
+        "seeds_file": data / "code" / "seeds.tsv",
+        "mask_file": data / "code" / "mask.nii.gz",
+        "denoise_strategy_file": data / "code" / "strategy.json",
+        "bids_filter_file": data / "code" / "filter.json",
+    }
+    for key, path in paths.items():
+        if key.endswith("_file"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}\n", encoding="utf-8")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    return {
+        **{k: str(v) for k, v in paths.items()},
+        "analysis_level": "participant",
+        "participant_label": ["01"],
+        "verbose": "-vv",
+    }
+
+
+def test_bosh_container_mode_mounts_the_output_and_every_given_file(tmp_path: Path) -> None:
+    invocation = _container_invocation(tmp_path)
+    inv_path = tmp_path / "invocation.json"
+    inv_path.write_text(json.dumps(invocation), encoding="utf-8")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER, encoding="utf-8")
+    (bin_dir / "docker").chmod(0o755)
+    record = tmp_path / "docker-run.txt"
+    env = _env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["BOSH_TEST_RECORD"] = str(record)
+    launch_dir = tmp_path / "launch"  # bosh also mounts its working directory: not a parent
+    launch_dir.mkdir()
+
+    simulated = subprocess.run(
+        [_bosh(), "exec", "simulate", "-i", str(inv_path), str(DESCRIPTOR_PATH)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=launch_dir,
+    )  # fmt: skip
+    assert simulated.returncode == 0, simulated.stdout + simulated.stderr
+    command = next(
+        line.strip() for line in simulated.stdout.splitlines() if "bids_spheres " in line
+    )
+    subprocess.run(
+        [
+            _bosh(),
+            "exec",
+            "launch",
+            "-u",
+            "--skip-data-collection",
+            str(DESCRIPTOR_PATH),
+            str(inv_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=launch_dir,
+    )  # bosh then misses the outputs the stand-in did not write: its exit code is not checked
+    args = record.read_text(encoding="utf-8").splitlines()
+    assert args[0] == "run"
+    assert f"bids_spheres/bids_spheres:{__version__}" in args
+    mounts = {}
+    for flag, value in itertools.pairwise(args):
+        if flag == "-v":
+            host, _, inside = value.partition(":")
+            mounts[inside] = host
+    assert mounts.pop(str(launch_dir)) == str(launch_dir)
+    for key, value in invocation.items():
+        if INPUTS[key]["type"] == "File":
+            assert mounts.get(value) == value, f"{key} ({value}) is not mounted: {mounts}"
+    # the container runs exactly the simulated command line, whose paths are all mounted
+    script = (tmp_path / "docker-run.txt.script").read_text(encoding="utf-8")
+    assert script.splitlines()[-1].strip() == command
+    words = command.split()
+    assert words[:4] == [
+        "bids_spheres",
+        invocation["bids_dir"],
+        invocation["output_dir"],
+        "participant",
+    ]
+    for word in words:
+        if word.startswith("/"):
+            assert any(word == m or word.startswith(m + "/") for m in mounts), word
+    for flag, key in (("--seeds", "seeds_file"), ("--mask", "mask_file"),
+                      ("--denoise-strategy", "denoise_strategy_file"),
+                      ("--work-dir", "work_dir"), ("--bids-database-dir", "bids_database_dir"),
+                      ("--derivatives", "derivatives"),
+                      ("--bids-filter-file", "bids_filter_file")):  # fmt: skip
+        assert words[words.index(flag) + 1] == invocation[key], flag
+    assert "-vv" in words
+    parsed = PARSER.parse_args(words[1:])  # the app's parser accepts the command
+    assert parsed.verbose == 2 and parsed.participant_label == ["01"]
+
+
+def test_bosh_refuses_a_name_and_a_file_for_the_same_option(tmp_path: Path) -> None:
+    invocation = _container_invocation(tmp_path)
+    invocation["seeds"] = "power2011"
+    inv_path = tmp_path / "invocation.json"
+    inv_path.write_text(json.dumps(invocation), encoding="utf-8")
+    result = subprocess.run(
+        [_bosh(), "invocation", "-i", str(inv_path), str(DESCRIPTOR_PATH)],
+        capture_output=True, text=True, timeout=120, env=_env(),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "seeds" in result.stdout + result.stderr

@@ -87,7 +87,10 @@ def test_schema_check_is_not_vacuous(tmp_path: Path) -> None:
 
 
 def test_build_job_builds_the_image_with_the_script() -> None:
-    assert "scripts/build-image.sh" in _commands("build")
+    commands = _commands("build")
+    assert "scripts/build-image.sh" in commands
+    assert 'test "$size" -le 500000000' in commands  # the size budget
+    assert 'python "$IMAGE:ci" -c "import pip"' in commands  # no pip at run time
     assert "persist_to_workspace" in [next(iter(s)) for s in CONFIG["jobs"]["build"]["steps"]]
     script = ROOT / "scripts" / "build-image.sh"
     assert script.is_file() and os.access(script, os.X_OK)
@@ -98,7 +101,11 @@ def test_test_job_runs_the_suite_inside_the_image() -> None:
     assert "docker load" in commands
     assert re.search(r"docker run .*\$IMAGE:ci", commands, flags=re.S)
     assert "pytest" in commands
-    assert "-c /src/requirements.lock" in commands  # runtime pins kept while adding test deps
+    # the image has no pip; it is brought back for the test extras only, the runtime pins
+    # kept (the hashed lock without its hashes, as constraints)
+    assert "python -m ensurepip --upgrade" in commands
+    assert "/src/requirements.lock > /tmp/pins.txt" in commands
+    assert "pip install --quiet -c /tmp/pins.txt" in commands
     assert 'startswith(\\"/opt/venv/\\")' in commands  # the image's install is what is tested
 
 

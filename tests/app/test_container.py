@@ -1,15 +1,18 @@
 """The container recipe: Dockerfile, requirements.lock, .dockerignore, build script.
 
 No container engine is needed: the Dockerfile is parsed and its promises are checked
-(base, pinned install, non-root user, entry point, labels, environment), its TemplateFlow
-step is run against a stand-in ``templateflow`` package, and the app is run with the
-image's environment to show it writes nothing outside the output directory and /tmp
+(base pinned by digest, hashed install from the lock, no pip/setuptools/tests at run time,
+non-root user, entry point, OCI labels, environment with the container's name), its
+TemplateFlow step is run against a stand-in ``templateflow`` package and the sha256
+manifest, the build script is run against a stand-in ``buildah``, and the app is run with
+the image's environment to show it writes nothing outside the output directory and /tmp
 (what ``docker run --read-only --tmpfs /tmp`` allows). The image itself is built and run by
 CI (.circleci/config.yml) and by ``scripts/build-image.sh``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -93,28 +96,56 @@ def _run_in_stage(name: str) -> str:
 # --------------------------------------------------------------------------- Dockerfile
 
 
-def test_base_image_is_python_311_slim_and_overridable() -> None:
-    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", DOCKERFILE, flags=re.M)
+def test_base_image_is_python_311_slim_pinned_by_digest_and_overridable() -> None:
+    assert re.search(
+        r"^ARG BASE_IMAGE=python:3\.11-slim@sha256:[0-9a-f]{64}$", DOCKERFILE, flags=re.M
+    )
     froms = [rest for w, rest in INSTRUCTIONS if w == "FROM"]
     assert froms[0].startswith("${BASE_IMAGE}")
     assert froms[-1].startswith("${BASE_IMAGE}")  # the runtime: no compilers, no build layers
 
 
-def test_packages_come_from_the_lock_only() -> None:
-    installs = [
+def _commands(stage: str) -> list[list[str]]:
+    return [
         cmd.split()
-        for run in _args(STAGES["build"], "RUN")
+        for run in _args(STAGES[stage], "RUN")
         for cmd in run.split("&&")
-        if "pip install" in " ".join(cmd.split())
+        if cmd.strip()
     ]
-    assert len(installs) == 2, installs
-    lock, package = installs
-    assert "--no-deps" in lock and lock[-2:] == ["-r", "/tmp/requirements.lock"]
+
+
+def test_packages_come_from_the_hashed_lock_only() -> None:
+    installs = [c for c in _commands("build") if " ".join(c[:4]).endswith("pip install")]
+    assert len(installs) == 3, installs
+    tools, lock, package = installs
+    assert tools[-2:] == ["-r", "/tmp/build-tools.lock"]
+    assert lock[-2:] == ["-r", "/tmp/requirements.lock"]
+    for command in (tools, lock):
+        assert "--require-hashes" in command and "--no-deps" in command
+    assert "--no-build-isolation" in lock  # docopt is built with the locked setuptools
     assert "--no-deps" in package and "--no-build-isolation" in package and package[-1] == "/src"
-    assert "pip check" in " ".join(_args(STAGES["build"], "RUN"))
-    assert _env(STAGES["build"])["PIP_CONSTRAINT"] == "/tmp/requirements.lock"
-    copies = " ".join(_args(STAGES["build"], "COPY"))
-    assert "requirements.lock" in copies
+    build_runs = " ".join(_args(STAGES["build"], "RUN"))
+    assert "sed -n '/^# build tools/,$p' /tmp/requirements.lock > /tmp/build-tools.lock" in (
+        build_runs
+    )
+    assert build_runs.count("pip check") == 2
+    assert "PIP_CONSTRAINT" not in _env(STAGES["build"])
+    assert "requirements.lock" in " ".join(_args(STAGES["build"], "COPY"))
+
+
+def test_runtime_has_no_pip_setuptools_or_tests() -> None:
+    build = " ".join(_args(STAGES["build"], "RUN"))
+    assert "pip uninstall --yes pip setuptools wheel" in build
+    assert "find /opt/venv -depth -type d -name tests -exec rm -rf {} +" in build
+    assert 'if /opt/venv/bin/python -c "import pip" 2>/dev/null; then exit 1; fi' in build
+    assert "bids_spheres-demo /tmp/demo" in build  # the pruned venv still runs the app
+    strip = next(c for c in _commands("build") if c[:1] == ["find"] and "strip" in c)
+    assert '"*.libs/*"' in strip and "--strip-debug" in strip  # vendored libs untouched
+    runtime = " ".join(_args(FINAL, "RUN"))
+    assert "python3 -m pip uninstall --yes pip setuptools wheel" in runtime  # the base's own
+    assert "/usr/share/python-wheels" in runtime
+    # the runtime takes the virtualenv and templates only, no build tool
+    assert [c.split()[0] for c in _args(FINAL, "COPY")] == ["--from=build", "--from=templates"]
 
 
 def test_runtime_user_entrypoint_labels_and_environment() -> None:
@@ -125,8 +156,16 @@ def test_runtime_user_entrypoint_labels_and_environment() -> None:
     labels = " ".join(_args(FINAL, "LABEL"))
     assert 'org.opencontainers.image.source="${SOURCE_URL}"' in labels
     assert 'org.opencontainers.image.version="${VERSION}"' in labels
-    assert f"VERSION={VERSION}" in _args(FINAL, "ARG")  # the label's default: pyproject's
+    assert 'org.opencontainers.image.created="${CREATED}"' in labels
+    assert 'org.opencontainers.image.revision="${REVISION}"' in labels
+    assert 'org.bids_spheres.templateflow-fetch="${TEMPLATEFLOW_FETCH}"' in labels
+    args = _args(FINAL, "ARG")
+    assert f"VERSION={VERSION}" in args  # the label's default: pyproject's
+    assert "CONTAINER_TAG=bids_spheres/bids_spheres:${VERSION}" in args
     env = _env(FINAL)
+    # provenance reads these two names (another part of the app): keep them exactly
+    assert env["BIDS_SPHERES_CONTAINER_TYPE"] == "docker"
+    assert env["BIDS_SPHERES_CONTAINER_TAG"] == "${CONTAINER_TAG}"
     assert env["TEMPLATEFLOW_HOME"] == "/opt/templateflow"
     assert env["TEMPLATEFLOW_AUTOUPDATE"] == "0"
     assert env["MPLCONFIGDIR"] == "/tmp/matplotlib"
@@ -161,18 +200,47 @@ def get(template, resolution=None, desc=None, suffix=None, extension=None):
     return pkg.parent
 
 
-def _run_templates_step(tmp_path: Path, fetch: str, size: int) -> subprocess.CompletedProcess:
+MANIFEST = ROOT / "scripts" / "image" / "templates.sha256"
+
+
+def _manifest(tmp_path: Path, size: int) -> Path:
+    """templates.sha256 with the sums of the stand-in's files (``size`` bytes of b"x")."""
+    digest = hashlib.sha256(b"x" * size).hexdigest()
+    lines = [line.split("  ", 1)[1] for line in MANIFEST.read_text().splitlines() if "  " in line]
+    path = tmp_path / "templates.sha256"
+    path.write_text("".join(f"{digest}  {name}\n" for name in lines), encoding="utf-8")
+    return path
+
+
+def _run_templates_step(
+    tmp_path: Path, fetch: str, size: int, manifest_size: int | None = None
+) -> subprocess.CompletedProcess:
     home = tmp_path / "tf" / "home"
+    manifest = _manifest(tmp_path, size if manifest_size is None else manifest_size)
     command = (
         _run_in_stage("templates")
         .replace("/opt/venv/bin/python", shlex.quote(sys.executable))
         .replace("/opt/templateflow", shlex.quote(str(home)))
+        .replace("/tmp/image/templates.sha256", shlex.quote(str(manifest)))
+        .replace("/tmp/image/templates.py", shlex.quote(str(MANIFEST.with_name("templates.py"))))
     )
     env = dict(os.environ, TEMPLATEFLOW_FETCH=fetch, TEMPLATEFLOW_HOME=str(home))
     env["PYTHONPATH"] = str(_fake_templateflow(tmp_path, size))
     return subprocess.run(
         ["sh", "-c", command], capture_output=True, text=True, env=env, timeout=120
     )
+
+
+def test_manifest_lists_the_templates_the_app_may_use() -> None:
+    copies = _args(STAGES["templates"], "COPY")
+    assert copies == ["scripts/image/templates.py scripts/image/templates.sha256 /tmp/image/"]
+    names = [line.split("  ", 1)[1] for line in MANIFEST.read_text().splitlines() if "  " in line]
+    parsed = set()
+    for name in names:
+        m = re.fullmatch(r"tpl-(\w+?)/tpl-\1_res-(\d+)(?:_desc-(\w+?))?_(\w+)\.nii\.gz", name)
+        assert m, name
+        parsed.add((m.group(1), int(m.group(2)), m.group(3), m.group(4)))
+    assert parsed == REQUIRED_TEMPLATES
 
 
 def test_templateflow_step_fetches_the_templates_the_app_may_use(tmp_path: Path) -> None:
@@ -186,9 +254,37 @@ def test_templateflow_step_fetches_the_templates_the_app_may_use(tmp_path: Path)
 
 
 def test_templateflow_step_fails_the_build_on_a_bad_download(tmp_path: Path) -> None:
-    result = _run_templates_step(tmp_path, "1", 0)
+    result = _run_templates_step(tmp_path, "1", 19_999, manifest_size=20_000)
     assert result.returncode != 0
-    assert "TemplateFlow download failed" in result.stderr
+    assert "TemplateFlow template check failed" in result.stderr
+    assert "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz: sha256 " in result.stderr
+
+
+def test_templateflow_step_fails_on_an_unrecorded_checksum(tmp_path: Path) -> None:
+    home = tmp_path / "home" / "tpl-MNI152NLin6Asym"
+    home.mkdir(parents=True)
+    (home / "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz").write_bytes(b"x")
+    manifest = tmp_path / "m.sha256"
+    manifest.write_text(
+        "UNRECORDED  tpl-MNI152NLin6Asym/tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz\n"
+    )
+    script = MANIFEST.with_name("templates.py")
+    done = subprocess.run(
+        [sys.executable, str(script), "verify", str(tmp_path / "home"), str(manifest)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1 and "no sha256 recorded" in done.stderr
+    recorded = subprocess.run(
+        [sys.executable, str(script), "record", str(tmp_path / "home"), str(manifest)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert recorded.returncode == 0, recorded.stderr
+    assert manifest.read_text().split()[0] == hashlib.sha256(b"x").hexdigest()
+    done = subprocess.run(
+        [sys.executable, str(script), "verify", str(tmp_path / "home"), str(manifest)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
 
 def test_templateflow_step_can_be_skipped(tmp_path: Path) -> None:
@@ -202,18 +298,42 @@ def test_templateflow_step_can_be_skipped(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- lock file
 
 
-def _lock() -> dict[str, str]:
-    pins: dict[str, str] = {}
-    for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
+def _lock_entries() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, sha256 hashes) of requirements.lock (continuation lines joined)."""
+    text = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for line in re.sub(r"\\\n", " ", text).splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.+!-]*)", line)
-        assert match, f"requirements.lock: {line!r} is not name==version"
+        match = re.fullmatch(
+            r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.+!-]*)((?:\s+--hash=sha256:[0-9a-f]{64})*)",
+            line,
+        )
+        assert match, f"requirements.lock: {line!r} is not name==version --hash=sha256:..."
         name = canonicalize_name(match.group(1))
-        assert name not in pins, f"requirements.lock pins {name} twice"
-        pins[name] = match.group(2)
-    return pins
+        assert name not in entries, f"requirements.lock pins {name} twice"
+        entries[name] = (match.group(2), re.findall(r"[0-9a-f]{64}", match.group(3)))
+    return entries
+
+
+def _lock() -> dict[str, str]:
+    return {name: version for name, (version, _) in _lock_entries().items()}
+
+
+def test_every_pin_of_the_lock_has_a_hash() -> None:
+    entries = _lock_entries()
+    assert len(entries) > 40
+    for name, (version, hashes) in entries.items():
+        assert hashes, f"requirements.lock: {name}=={version} has no --hash (--write-lock)"
+
+
+def test_lock_holds_distributed_for_the_dask_scheduler() -> None:
+    pins = _lock()
+    for req in map(Requirement, _toml_list("dask")):
+        name = canonicalize_name(req.name)
+        assert name in pins and req.specifier.contains(pins[name]), req
+    assert "dask" in pins and "tornado" in pins  # its closure too
 
 
 def _toml_list(key: str) -> list[str]:
@@ -223,7 +343,10 @@ def _toml_list(key: str) -> list[str]:
 
 def test_lock_pins_every_runtime_dependency_within_pyproject_ranges() -> None:
     pins = _lock()
-    wanted = [Requirement(r) for r in (*_toml_list("dependencies"), *_toml_list("templateflow"))]
+    wanted = [
+        Requirement(r)
+        for r in (*_toml_list("dependencies"), *_toml_list("templateflow"), *_toml_list("dask"))
+    ]
     assert {canonicalize_name(r.name) for r in wanted} >= {
         "numpy", "scipy", "nibabel", "pandas", "pybids", "joblib", "tqdm", "isal",
         "matplotlib", "templateflow",
@@ -293,7 +416,10 @@ def test_build_context_is_what_the_dockerfile_copies() -> None:
         f for f in files if f.startswith("bids_spheres/") and "__pycache__" not in f.split("/")
     }
     assert package <= context
-    assert context - package == {"Dockerfile", "requirements.lock", "pyproject.toml", "README.md"}
+    assert context - package == {
+        "Dockerfile", "requirements.lock", "pyproject.toml", "README.md",
+        "scripts/image/templates.py", "scripts/image/templates.sha256",
+    }  # fmt: skip
     assert not any(f.endswith((".pyc", ".pyo")) for f in context)
 
 
@@ -361,6 +487,7 @@ def test_build_script_syntax_and_help() -> None:
     for option in (
         "--tag", "--engine", "--base", "--debian-base", "--no-templates",
         "--templateflow-home", "--ca-bundle", "--save", "--write-lock", "Needs:",
+        "--record-template-sums", "-notemplates",
     ):  # fmt: skip
         assert option in result.stdout, option
     assert "bids_spheres/bids_spheres:<pyproject version>" in result.stdout
@@ -378,3 +505,70 @@ def test_build_script_refuses_bad_options_before_building(args: list[str], messa
     result = _script(*args)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+FAKE_BUILDAH = """#!/usr/bin/env bash
+# stand-in buildah: records each call; 'images' answers a size
+printf '%s\\0' "$@" >> "$BUILDAH_RECORD"
+printf '\\n' >> "$BUILDAH_RECORD"
+if [ "$1" = images ]; then echo "432 MB"; fi
+exit 0
+"""
+
+
+def _fake_build(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "buildah").write_text(FAKE_BUILDAH, encoding="utf-8")
+    (bin_dir / "buildah").chmod(0o755)
+    record = tmp_path / "buildah.txt"
+    record.write_bytes(b"")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env.update(BUILDAH_RECORD=str(record), SOURCE_DATE_EPOCH="1700000000")
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--engine", "buildah", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+    )  # fmt: skip
+    calls = [line.split("\0")[:-1] for line in record.read_text().splitlines() if line]
+    return done, calls
+
+
+def _build_args(call: list[str]) -> dict[str, str]:
+    return dict(call[i + 1].split("=", 1) for i, word in enumerate(call) if word == "--build-arg")
+
+
+def test_build_script_labels_and_tags(tmp_path: Path) -> None:
+    done, calls = _fake_build(tmp_path)
+    assert done.returncode == 0, done.stderr
+    bud = next(c for c in calls if c[0] == "bud")
+    tag = f"bids_spheres/bids_spheres:{VERSION}"
+    assert bud[bud.index("-t") + 1] == tag
+    args = _build_args(bud)
+    assert args["CREATED"] == "2023-11-14T22:13:20Z"  # SOURCE_DATE_EPOCH
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.strip()
+    assert args["REVISION"] in (head, head + "+dirty")
+    assert args["CONTAINER_TAG"] == tag and args["TEMPLATEFLOW_FETCH"] == "1"
+    assert args["VERSION"] == VERSION
+    assert f"built {tag}, size 432 MB" in done.stdout
+
+
+def test_a_build_without_templates_is_tagged_differently(tmp_path: Path) -> None:
+    done, calls = _fake_build(tmp_path, "--no-templates")
+    assert done.returncode == 0, done.stderr
+    bud = next(c for c in calls if c[0] == "bud")
+    tag = f"bids_spheres/bids_spheres:{VERSION}-notemplates"
+    assert bud[bud.index("-t") + 1] == tag
+    assert _build_args(bud)["TEMPLATEFLOW_FETCH"] == "0"
+    assert _build_args(bud)["CONTAINER_TAG"] == tag
+
+
+def test_a_local_templateflow_home_is_checked_before_building(tmp_path: Path) -> None:
+    home = tmp_path / "tf"
+    (home / "tpl-MNI152NLin6Asym").mkdir(parents=True)
+    done, calls = _fake_build(tmp_path, "--templateflow-home", str(home))
+    assert done.returncode != 0
+    assert "does not hold the templates of templates.sha256" in done.stderr
+    assert "TemplateFlow template check failed" in done.stderr
+    assert not any(c and c[0] == "bud" for c in calls)
