@@ -45,6 +45,7 @@ from bids_spheres import __version__
 __all__ = [
     "CODE_URL",
     "CONTAINER_ENV",
+    "CONTAINER_TYPE_ENV",
     "FMRIPREP_LINK",
     "RAW_LINK",
     "SOFTWARE",
@@ -62,12 +63,15 @@ __all__ = [
 #: ``GeneratedBy[0].CodeURL``: the source repository (the image's
 #: ``org.opencontainers.image.source`` label).
 CODE_URL = "https://github.com/bids_spheres/bids_spheres"
-#: Environment variable the container image sets to its tag, e.g.
-#: ``ENV BIDS_SPHERES_CONTAINER=bids_spheres/bids_spheres:0.1.0`` in the Dockerfile.
-#: When set, ``GeneratedBy[0].Container`` is written: ``Type`` ``"docker"``, or
-#: ``"apptainer"`` / ``"singularity"`` when Apptainer/Singularity runs the image
-#: (they set ``APPTAINER_CONTAINER`` / ``SINGULARITY_CONTAINER``), and ``Tag``.
-CONTAINER_ENV = "BIDS_SPHERES_CONTAINER"
+#: Environment variable the container images set to their tag (the Dockerfile's
+#: ``ENV BIDS_SPHERES_CONTAINER_TAG=${CONTAINER_TAG}``, apptainer.def's ``%environment``).
+#: When set, ``GeneratedBy[0].Container`` is written: ``Type`` ``"apptainer"`` /
+#: ``"singularity"`` when Apptainer/Singularity runs the image (they set
+#: ``APPTAINER_CONTAINER`` / ``SINGULARITY_CONTAINER``), else :data:`CONTAINER_TYPE_ENV`
+#: (``docker`` in the Docker image), and ``Tag``.
+CONTAINER_ENV = "BIDS_SPHERES_CONTAINER_TAG"
+#: Environment variable naming the kind of image: ``docker`` or ``apptainer``.
+CONTAINER_TYPE_ENV = "BIDS_SPHERES_CONTAINER_TYPE"
 #: ``DatasetLinks`` name of the fMRIPrep dataset (the ``bids:fmriprep:...`` of ``Sources``).
 FMRIPREP_LINK = "fmriprep"
 #: ``DatasetLinks`` name of the raw dataset, when ``bids_dir`` is not the fMRIPrep dataset.
@@ -215,7 +219,7 @@ def container(environ: Mapping[str, str] | None = None) -> dict[str, str] | None
     elif env.get("SINGULARITY_CONTAINER") or env.get("SINGULARITY_NAME"):
         kind = "singularity"
     else:
-        kind = "docker"
+        kind = env.get(CONTAINER_TYPE_ENV, "").strip() or "docker"
     return {"Type": kind, "Tag": tag}
 
 

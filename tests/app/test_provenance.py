@@ -152,6 +152,17 @@ def test_container_type_from_the_runtime() -> None:
     assert provenance.container({**tag, "SINGULARITY_CONTAINER": "/x.sif"})["Type"] == (
         "singularity"
     )
+    sif = {**tag, provenance.CONTAINER_TYPE_ENV: "apptainer"}  # apptainer.def's environment
+    assert provenance.container(sif)["Type"] == "apptainer"
+
+
+def test_the_container_variables_are_the_ones_the_images_set() -> None:
+    root = Path(__file__).resolve().parents[2]
+    dockerfile = (root / "Dockerfile").read_text(encoding="utf-8")
+    recipe = (root / "apptainer.def").read_text(encoding="utf-8")
+    for name in (provenance.CONTAINER_ENV, provenance.CONTAINER_TYPE_ENV):
+        assert f"{name}=" in dockerfile, name
+        assert f"export {name}=" in recipe, name
 
 
 def test_run_sidecar_records_the_command_line_and_library_versions(

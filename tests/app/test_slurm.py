@@ -232,6 +232,9 @@ def test_array_task_runs_the_image_and_records_its_exit_code(
         "--work-dir", "/work/sub-02", "--nprocs", "4", "--seeds", SEEDS_WITH_SPACE,
     ]  # fmt: skip
     assert (work / "slurm" / "77" / "task-2.exit").read_text().strip() == "1"
+    # the shared index folder exists before the app starts (the app creates none itself
+    # before its selection passed): the first task builds the index, the others reuse it
+    assert (work / "bids_db").is_dir()
 
 
 def test_array_task_that_cannot_start_still_records_its_exit_code(
