@@ -36,6 +36,11 @@ several times), taken ``block_bytes`` of float64 at a time (at least one volume)
 Non-finite voxel values are replaced by 0 (as nilearn does) and counted in
 :attr:`ReduceResult.n_nonfinite` so the caller can warn.
 
+:func:`read_confounds_file` reads a confounds table (CSV, TSV or SPM's
+whitespace-separated ``rp_*.txt``) given as a path, for the masker's
+``confounds`` and for :func:`bids_spheres.masker.signal.clean`, which opens
+no file itself.
+
 This module reads; it never cleans or filters signals.
 """
 
@@ -45,6 +50,7 @@ import gzip
 import io
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +72,7 @@ __all__ = [
     "VolumeSource",
     "load_img",
     "open_source",
+    "read_confounds_file",
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -721,3 +728,73 @@ def _read_to_end(fh: Any) -> None:
     scratch = memoryview(bytearray(64 * 1024))
     while fh.readinto(scratch):
         pass
+
+
+def read_confounds_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """The numeric table of a CSV, TSV or whitespace-separated text file (SPM ``rp_*.txt``).
+
+    Read by ``numpy.loadtxt``. The separator is a tab if the first line holds one,
+    else a comma if it holds one, else runs of whitespace. A first line that is not
+    all numbers is a header and skipped. ``n/a``, ``NA``, ``nan`` and empty fields
+    are NaN (as pandas' ``read_csv`` reads them).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape (n_rows, n_columns).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Any other non-numeric value, rows of unequal length, or no values at all,
+        naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"confounds file not found: {path}")
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    sep = "\t" if "\t" in first else ("," if "," in first else None)
+    header = any(_confound_value(tok) is None for tok in first.split(sep))
+    try:
+        with warnings.catch_warnings():  # an empty table is reported below, as an error
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data")
+            table = np.loadtxt(
+                path,
+                delimiter=sep,
+                skiprows=1 if header else 0,
+                converters=_confound_or_raise,
+                ndmin=2,
+                encoding="utf-8",
+            )
+    except ValueError as exc:
+        raise ValueError(
+            f"cannot read {path} as a numeric confounds table ({exc}); every value must be a "
+            "number or n/a, one row per volume"
+        ) from exc
+    if table.size == 0:
+        raise ValueError(f"{path} holds no confound values; give one row per volume")
+    return table
+
+
+_MISSING_TOKENS = frozenset({"n/a", "na", "nan", ""})
+
+
+def _confound_value(token: str) -> float | None:
+    """A confounds file's token as a float (NaN for missing), None when it is not a number."""
+    token = token.strip()
+    if token.lower() in _MISSING_TOKENS:
+        return float("nan")
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def _confound_or_raise(token: str) -> float:
+    value = _confound_value(token)
+    if value is None:
+        raise ValueError(f"{token.strip()!r} is not a number")
+    return value
