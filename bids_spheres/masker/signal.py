@@ -269,16 +269,17 @@ def standardize_signal(
     Returns
     -------
     numpy.ndarray
-        float64 array of the shape of ``signals``; a single sample is returned
-        unchanged with a warning.
+        float64 array of the shape of ``signals`` (a 1D input gives 1D); a single
+        sample is returned unchanged with a warning.
     """
     _check_standardize(standardize)
+    shape = np.shape(signals)
     signals = _as_2d_float(signals, "signals")
     if detrend:
         signals = _detrend(signals)
-    if standardize is None or standardize is False:
-        return signals
-    return _standardize(signals, "zscore_sample" if standardize is True else standardize)
+    if standardize is not None and standardize is not False:
+        signals = _standardize(signals, "zscore_sample" if standardize is True else standardize)
+    return signals.reshape(shape) if len(shape) == 1 else signals
 
 
 def standardize(signals: np.ndarray, method: str | bool | None = "zscore_sample") -> np.ndarray:

@@ -315,6 +315,10 @@ def test_standardize_signal_and_row_sum_of_squares_match_nilearn() -> None:
             rtol=1e-12,
             atol=1e-12,
         )
+    one = x[:, 1]
+    assert standardize_signal(one).shape == (50,)
+    theirs = nilearn_signal.standardize_signal(one[:, None])  # nilearn's fails on 1D input
+    np.testing.assert_allclose(standardize_signal(one), theirs[:, 0])
     np.testing.assert_allclose(row_sum_of_squares(x), nilearn_signal.row_sum_of_squares(x))
 
 
