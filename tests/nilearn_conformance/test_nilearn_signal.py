@@ -19,18 +19,20 @@ Tests that still fail against ours are listed in the known-differences file
 
 Rerun: ``python -m pytest tests/nilearn_conformance/test_nilearn_signal.py``
 (``BIDS_SPHERES_CONFORMANCE_TARGET=nilearn``: the same tests against nilearn
-itself, nothing swapped).
+itself, nothing swapped). The module needs only nilearn's test files, not the
+folder's conftest (it imports nilearn's ``rng`` fixture itself).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 
 import nilearn
 import nilearn.signal
-from _nilearn_adapter import against_nilearn, export_tests
+from nilearn.conftest import rng  # noqa: F401 (the one nilearn fixture these tests use)
 
 from bids_spheres import signal as ours
 
@@ -66,6 +68,20 @@ EXCLUDED = {
 }
 
 
+#: nilearn's fixtures defined in its test module.
+FIXTURES = (
+    "confounds",
+    "data_butterworth_multiple_timeseries",
+    "data_butterworth_single_timeseries",
+    "signals",
+)
+
+
+def against_nilearn() -> bool:
+    """True when the run is against nilearn itself (as in _nilearn_adapter.py)."""
+    return os.environ.get("BIDS_SPHERES_CONFORMANCE_TARGET", "ours") == "nilearn"
+
+
 def _load_against_ours() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "nilearn_test_signal__vs_bids_spheres", NILEARN_TESTS
@@ -80,7 +96,11 @@ def _load_against_ours() -> ModuleType:
 
 
 _nilearn_tests = _load_against_ours()
-export_tests(_nilearn_tests, globals(), exclude=frozenset(EXCLUDED))
+for _name in FIXTURES:
+    globals()[_name] = getattr(_nilearn_tests, _name)
+for _name, _obj in vars(_nilearn_tests).items():
+    if _name.startswith("test_") and callable(_obj) and _name not in EXCLUDED:
+        globals()[_name] = _obj
 
 
 def test_exclusions_are_nilearn_tests() -> None:
