@@ -239,9 +239,10 @@ class VolumeSource:
         voxels : numpy.ndarray
             Flat Fortran-order indices of the voxels to read, shape (n_voxels,).
         weights : scipy.sparse.csr_array or csr_matrix
-            Shape (n_outputs, n_voxels), in canonical format (sorted indices, no
-            duplicates, as :mod:`bids_spheres.masker.geometry` builds them); output
-            ``o`` of volume ``t`` is ``sum_v weights[o, v] * value[t, voxels[v]]``.
+            Shape (n_outputs, n_voxels), without duplicate entries in a row; output
+            ``o`` of volume ``t`` is ``sum_v weights[o, v] * value[t, voxels[v]]``,
+            summed in the order the row's entries are stored (sorted indices, as
+            :mod:`bids_spheres.masker.geometry` builds them, or any other order).
         block_bytes : int
             Bytes of raw data read at once (at least one volume).
 
@@ -339,7 +340,9 @@ def open_source(imgs: Any) -> VolumeSource:
     ValueError
         An image has more than 4 dimensions, a list is empty or mixes grids.
     TypeError
-        An element is neither a path nor a nibabel image.
+        An element is neither a path nor a nibabel image, or a list holds a 4D
+        image of several volumes (nilearn's DimensionError is a TypeError too; a
+        single-volume 4D image counts as a volume).
     FileNotFoundError
         A path does not exist.
     """
@@ -348,7 +351,15 @@ def open_source(imgs: Any) -> VolumeSource:
             raise ValueError("an empty list of images was given; expected 3D images")
         parts = [load_img(i) for i in imgs]
         for p, orig in zip(parts, imgs, strict=True):
-            _check_ndim(p, orig)
+            if _check_ndim(p, orig) != 3 and _n_volumes(p) != 1:
+                # nilearn would stack the list into a 5D image and refuse it; joining 4D
+                # runs silently would clean several runs as one series.
+                raise TypeError(
+                    "Input data has incompatible dimensionality: a list of images must hold "
+                    f"3D images (one volume each), but {_describe(orig)} is 4D (shape "
+                    f"{tuple(p.shape)}); give one 4D image per call (transform each run "
+                    "separately), or concatenate the runs yourself"
+                )
         first = parts[0]
         for p, orig in zip(parts[1:], imgs[1:], strict=True):
             if tuple(p.shape[:3]) != tuple(first.shape[:3]) or not np.allclose(
@@ -757,7 +768,12 @@ def read_confounds_file(path: str | os.PathLike[str]) -> np.ndarray:
     with open(path, encoding="utf-8", errors="replace") as fh:
         first = fh.readline()
     sep = "\t" if "\t" in first else ("," if "," in first else None)
-    header = any(_confound_value(tok) is None for tok in first.split(sep))
+    tokens = first.split(sep)
+    # a header: a token that is not a number, or an empty first field (the unnamed
+    # index column of pandas' to_csv; nilearn skips a first line starting with NaN)
+    header = any(_confound_value(tok) is None for tok in tokens) or (
+        sep is not None and tokens[0].strip() == ""
+    )
     try:
         with warnings.catch_warnings():  # an empty table is reported below, as an error
             warnings.filterwarnings("ignore", "loadtxt: input contained no data")
