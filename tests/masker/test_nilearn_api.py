@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 
 from bids_spheres import NiftiSpheresMasker
-from bids_spheres.masker import report as report_mod
 
 EYE = np.eye(4)
 
@@ -299,6 +298,8 @@ def test_report_displayed_spheres_checks() -> None:
 
 
 def test_report_background_is_the_mean_image_then_the_mask() -> None:
+    from bids_spheres.masker import report as report_mod
+
     img = _img4d(shape=(5, 5, 5), n_vol=3)
     mean, _ = report_mod.mean_image(img)
     np.testing.assert_allclose(mean, img.get_fdata().mean(axis=3))
