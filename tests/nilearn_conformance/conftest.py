@@ -67,11 +67,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
     if against_nilearn():
         return
+    seen = set()
     for item in items:
         known = KNOWN_DIFFERENCES.get(_local_id(item))
         if known is not None:
+            seen.add(_local_id(item))
             reason, ours = known
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"{reason} (ours: {ours})"))
+    _refuse_stale_entries(config, items, seen)
+
+
+def _refuse_stale_entries(config: pytest.Config, items: list[pytest.Item], seen: set) -> None:
+    """An entry naming no test of a module collected whole is an error (a typo, or a test
+    nilearn renamed), so the list cannot silently cover less than it says."""
+    if config.option.keyword or config.option.markexpr or any("::" in a for a in config.args):
+        return
+    modules = {_local_id(item).split("::")[0] for item in items}
+    stale = sorted(k for k in KNOWN_DIFFERENCES if k.split("::")[0] in modules and k not in seen)
+    if stale:
+        raise pytest.UsageError(f"known_differences.py names no collected test: {stale}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
