@@ -21,7 +21,10 @@ censored volume interpolated before filtering (:mod:`bids_spheres.masker.signal`
 integer images averaged in floating point (nilearn truncates the means to the
 image's integer type); a 3D image gives a (1, n_seeds) array (nilearn 0.14
 returns a 1D array); outputs are float32 unless the image is float64 or
-``dtype`` says otherwise.
+``dtype`` says otherwise; our own exception and report classes (a TypeError,
+not nilearn's DimensionError; :class:`bids_spheres.masker.report.HTMLReport`).
+The nilearn tests these make fail are listed in
+``tests/nilearn_conformance/known_differences.py``.
 
 The masker writes no files (except joblib's cache when ``memory`` is set) and
 does not depend on nilearn, scikit-learn or pybids.
