@@ -7,9 +7,13 @@ entry points; :func:`load_mask` and :func:`resample_mask` give the mask
 handling the masker itself uses. Modules: :mod:`~bids_spheres.masker.estimator`
 (the estimator), :mod:`~bids_spheres.masker.geometry` (sphere membership and
 weights), :mod:`~bids_spheres.masker.reading` (one streaming pass over an
-image), :mod:`~bids_spheres.masker.signal` (pure cleaning). This package
-imports numpy, scipy, nibabel, isal and joblib only (a test checks it), and
-writes no files except joblib's cache when ``memory`` is set.
+image), :mod:`~bids_spheres.masker.signal` (pure cleaning),
+:mod:`~bids_spheres.masker.report` (the HTML report of ``generate_report``).
+On import and during fit/transform this package imports numpy, scipy,
+nibabel, isal and joblib only (a test checks it); pandas/polars (for
+``set_output``) and matplotlib (for ``generate_report``) are imported inside
+the function that needs them. It writes no files except joblib's cache when
+``memory`` is set (and a report when asked to save one).
 """
 
 from __future__ import annotations

@@ -21,7 +21,10 @@ censored volume interpolated before filtering (:mod:`bids_spheres.masker.signal`
 integer images averaged in floating point (nilearn truncates the means to the
 image's integer type); a 3D image gives a (1, n_seeds) array (nilearn 0.14
 returns a 1D array); outputs are float32 unless the image is float64 or
-``dtype`` says otherwise.
+``dtype`` says otherwise; our own exception and report classes (a TypeError,
+not nilearn's DimensionError; :class:`bids_spheres.masker.report.HTMLReport`).
+The nilearn tests these make fail are listed in
+``tests/nilearn_conformance/known_differences.py``.
 
 The masker writes no files (except joblib's cache when ``memory`` is set) and
 does not depend on nilearn, scikit-learn or pybids.
@@ -42,7 +45,7 @@ import numpy as np
 from bids_spheres.masker import geometry as spheres
 from bids_spheres.masker import reading
 from bids_spheres.masker import signal as _signal
-from bids_spheres.masker.base import BaseEstimator, check_is_fitted
+from bids_spheres.masker.base import BaseEstimator, check_is_fitted, wrap_output
 
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
@@ -110,19 +113,31 @@ class NiftiSpheresMasker(BaseEstimator):
         the whole image as confounds (costs a second pass over the image).
     detrend : bool, default=False
         Remove linear trends from signals and confounds.
-    low_pass, high_pass : float or None, default=None
-        Butterworth cut-offs in Hz (``t_r`` required).
+    low_pass : float or None, default=None
+        Butterworth low-pass cut-off in Hz (``t_r`` required).
+    high_pass : float or None, default=None
+        Butterworth high-pass cut-off in Hz (``t_r`` required).
     t_r : float or None, default=None
         Repetition time in seconds.
     dtype : numpy dtype, 'auto' or None, default=None
         Output dtype; None gives float32 (float64 for float64 images), 'auto'
-        gives float32.
+        int32 for integer images and float32 otherwise (as nilearn); a given
+        dtype is the output's (an integer one truncates the means, as nilearn).
+        bool is a TypeError.
     memory : joblib.Memory, str, os.PathLike or None, default=None
         Cache for extraction (memory_level >= 1) and cleaning (>= 2).
     memory_level : int, default=1
         How much to cache when ``memory`` is set.
     verbose : int, default=0
         Print what the masker does (to stderr) when > 0.
+    reports : bool, default=True
+        Keep what :meth:`generate_report` needs at ``fit`` (the seeds, and the
+        mean of the image given to fit); False makes :meth:`generate_report`
+        return a report that says reports are off.
+    clean_args : dict or None, default=None
+        More keyword arguments of :func:`bids_spheres.masker.signal.clean`
+        (e.g. ``filter``, ``ensure_finite``, ``extrapolate``, ``runs``,
+        ``butterworth__order``); stored unchanged, copied to ``clean_args_``.
 
     Attributes
     ----------
@@ -139,11 +154,21 @@ class NiftiSpheresMasker(BaseEstimator):
     sphere_sizes_ : numpy.ndarray or None
         Voxels per sphere on the grid seen by ``fit`` (the image given to fit,
         else the mask's grid); None when fit saw no grid.
+    clean_args_ : dict
+        The keyword arguments given to ``clean`` besides the masker's own.
+
+    Notes
+    -----
+    Empty spheres and (unless ``allow_overlap``) overlapping spheres are
+    ValueErrors raised where nilearn raises them: by :meth:`transform` on the
+    image's grid and by :meth:`inverse_transform` on the mask's grid, not by
+    :meth:`fit` (a mask on another grid than the images may hold a sphere's
+    voxels only once resampled).
     """
 
     def __init__(
         self,
-        seeds: Sequence[Sequence[float]],
+        seeds: Sequence[Sequence[float]] | None = None,
         radius: float | Sequence[float] | None = None,
         mask_img: Any = None,
         allow_overlap: bool = False,
@@ -159,6 +184,8 @@ class NiftiSpheresMasker(BaseEstimator):
         memory: Any = None,
         memory_level: int = 1,
         verbose: int = 0,
+        reports: bool = True,
+        clean_args: dict[str, Any] | None = None,
     ) -> None:
         self.seeds = seeds
         self.radius = radius
@@ -176,18 +203,24 @@ class NiftiSpheresMasker(BaseEstimator):
         self.memory = memory
         self.memory_level = memory_level
         self.verbose = verbose
+        self.reports = reports
+        self.clean_args = clean_args
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, X: Any = None, y: Any = None) -> NiftiSpheresMasker:
+    def fit(self, imgs: Any = None, y: Any = None, **kwargs: Any) -> NiftiSpheresMasker:
         """Validate the parameters and the seeds.
 
         Parameters
         ----------
-        X : Niimg-like or None
+        imgs : Niimg-like or None
             Optional image whose grid is used to compute ``sphere_sizes_``
-            (only its header is read).
+            (its header is read; with ``reports`` its mean volume is kept for
+            :meth:`generate_report`).
         y : ignored
+        **kwargs
+            Only ``X``: the same as ``imgs`` (nilearn's older ``fit(X=None, y=None)``);
+            give one of them. It is not in the signature, as nilearn's checks ask.
 
         Returns
         -------
@@ -195,22 +228,38 @@ class NiftiSpheresMasker(BaseEstimator):
             self
         """
         del y
+        X = kwargs.pop("X", None)
+        if kwargs:
+            raise TypeError(f"fit() got unexpected keyword argument(s) {sorted(kwargs)}")
+        if X is not None:
+            if imgs is not None:
+                raise TypeError("give the image to fit as imgs or as X, not both")
+            imgs = X
         seeds = _validate_seeds(self.seeds)
         radii = _validate_radius(self.radius, len(seeds))
         self._validate_params()
         self.seeds_ = [list(s) for s in seeds.tolist()]
         self.n_elements_ = len(self.seeds_)
         self.radii_ = radii
+        if self.mask_img is not None:
+            self._log("Loading mask")
         self.mask_img_ = load_mask(self.mask_img) if self.mask_img is not None else None
-        self.memory_ = _make_memory(self.memory)
+        self.memory_ = _make_memory(self.memory, self.memory_level)
+        self.clean_args_ = dict(self.clean_args) if self.clean_args is not None else {}
         self.sphere_sizes_ = None
-        if X is not None:
-            source = reading.open_source(X)
-            self.sphere_sizes_ = self._geometry(source.affine, source.shape).sizes.copy()
+        _report_module().remember(self, imgs if self.reports else None)
+        if imgs is not None:
+            source = reading.open_source(imgs)
+            self._log(f"Loading data from {source.name}")
+            _check_not_empty(source)
+            geometry = self._geometry(source.affine, source.shape, check=False)
+            self.sphere_sizes_ = geometry.sizes.copy()
         elif self.mask_img_ is not None:
             mask_img = self.mask_img_
-            self.sphere_sizes_ = self._geometry(mask_img.affine, mask_img.shape[:3]).sizes.copy()
-        self._log(f"fitted {self.n_elements_} seeds")
+            geometry = self._geometry(mask_img.affine, mask_img.shape[:3], check=False)
+            self.sphere_sizes_ = geometry.sizes.copy()
+        self._report_content["reports_at_fit_time"] = bool(self.reports)
+        self._log(f"Finished fit: {self.n_elements_} seeds")
         return self
 
     def fit_transform(
@@ -219,6 +268,27 @@ class NiftiSpheresMasker(BaseEstimator):
         """Fit, then extract and clean the sphere signals of ``imgs``."""
         del y
         return self.fit(imgs).transform(imgs, confounds=confounds, sample_mask=sample_mask)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Output column names, as nilearn's: ``niftispheresmasker0``, ``niftispheresmasker1``...
+
+        Parameters
+        ----------
+        input_features : ignored
+
+        Returns
+        -------
+        numpy.ndarray
+            One name (object dtype) per seed.
+        """
+        del input_features
+        check_is_fitted(self)
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self.n_elements_)], dtype=object)
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.n_elements_
 
     # ------------------------------------------------------------ transform
 
@@ -237,15 +307,17 @@ class NiftiSpheresMasker(BaseEstimator):
         Returns
         -------
         numpy.ndarray
-            Shape (n_kept_volumes, n_seeds).
+            Shape (n_kept_volumes, n_seeds); a pandas or polars DataFrame with
+            :meth:`get_feature_names_out` as columns after ``set_output``.
         """
         return self.transform_single_imgs(imgs, confounds=confounds, sample_mask=sample_mask)
 
     def transform_single_imgs(
         self, imgs: Any, confounds: Any = None, sample_mask: Any = None
-    ) -> np.ndarray:
+    ) -> Any:
         """Same as :meth:`transform` for exactly one image (nilearn's name)."""
-        return self._transform(imgs, confounds, sample_mask)[0]
+        signals = self._transform(imgs, confounds, sample_mask)[0]
+        return wrap_output(signals, self)
 
     def extract(self, imgs: Any, confounds: Any = None, sample_mask: Any = None) -> SphereSignals:
         """:meth:`transform`, plus what a caller needs to describe the spheres it read.
@@ -275,18 +347,27 @@ class NiftiSpheresMasker(BaseEstimator):
         """(cleaned signals, raw float64 sphere means before any cleaning, non-finite fraction)."""
         check_is_fitted(self)
         source = reading.open_source(imgs)
-        self._log(f"reading {source.name}: grid {source.shape}, {source.n_volumes} volumes")
+        _check_not_empty(source)
+        self._log(
+            f"Extracting region signals from {source.name}: grid {source.shape}, "
+            f"{source.n_volumes} volumes"
+        )
         geometry = self.geometry(source)
         weights_geometry = geometry
         if self._fwhm() is not None:
             weights_geometry = spheres.smoothing_weights(geometry, self._fwhm())
             self._log(f"smoothing folded into weights over {weights_geometry.voxels.size} voxels")
-        weights = (
-            weights_geometry.matrix
-            if weights_geometry is not geometry
-            else geometry.mean_weights()
-        )
-        raw, nonfinite = self._extract(source, weights_geometry.voxels, weights)
+        if weights_geometry is not geometry:
+            raw, nonfinite = self._extract(
+                source, weights_geometry.voxels, weights_geometry.matrix
+            )
+        else:
+            # sums of the sphere's voxels, then divided by the voxel count: a mean
+            # rounded as numpy's (and nilearn's) mean rounds it, not a sum of x / n
+            ones = geometry.matrix.astype(np.float64)
+            raw, nonfinite = self._extract(source, geometry.voxels, ones)
+            nonempty = geometry.sizes > 0
+            raw[:, nonempty] /= geometry.sizes[nonempty]
 
         all_confounds = []
         if self.high_variance_confounds:
@@ -296,10 +377,17 @@ class NiftiSpheresMasker(BaseEstimator):
             all_confounds.extend(_load_confounds(c, source.n_volumes) for c in items)
 
         clean = self._cache(_signal.clean, level=2)
+        standardize = self.standardize
+        if isinstance(standardize, bool):  # nilearn's masker maps the booleans itself
+            standardize = "zscore_sample" if standardize else None
+        if self.reports:  # a reference only, kept outside the masker's __dict__
+            _report_module().remember(self, imgs)
+        self._log("Cleaning extracted signals")
         signals = clean(
             raw,
+            **self.clean_args_,
             detrend=bool(self.detrend),
-            standardize=self.standardize,
+            standardize=standardize,
             confounds=all_confounds or None,
             standardize_confounds=bool(self.standardize_confounds),
             low_pass=self.low_pass,
@@ -319,6 +407,61 @@ class NiftiSpheresMasker(BaseEstimator):
         source = imgs if isinstance(imgs, reading.VolumeSource) else reading.open_source(imgs)
         return self._geometry(source.affine, source.shape)
 
+    # ------------------------------------------------------------- report
+
+    def generate_report(
+        self, engine: str = "matplotlib", title: str | None = None, displayed_spheres: Any = 10
+    ) -> Any:
+        """A self-contained HTML report: the spheres on the image, and a table of the seeds.
+
+        Parameters
+        ----------
+        engine : {'matplotlib'}
+            The plotting library (matplotlib, imported only here).
+        title : str or None
+            The report's title (default: the class name).
+        displayed_spheres : int, 'all', or list/array of int, default=10
+            The spheres that get a figure of their own: the first n, all, or
+            these indices (out-of-range ones are dropped with a warning).
+
+        Returns
+        -------
+        bids_spheres.masker.report.HTMLReport
+            With nilearn's report interface (``_repr_html_``, ``save_as_html``,
+            ``open_in_browser``, ``get_iframe``); see :mod:`bids_spheres.masker.report`.
+        """
+        if engine != "matplotlib":
+            raise ValueError(f"engine must be 'matplotlib', got {engine!r}")
+        return _report_module().generate_report(self, title, displayed_spheres)
+
+    @property
+    def _report_content(self) -> dict[str, Any]:
+        """What the last report showed (nilearn's attribute; created on first use)."""
+        state = self.__dict__.get("_report_state")
+        if state is None:
+            state = {
+                "title": None,
+                "description": (
+                    "This report shows the spheres around the seeds drawn on the image, "
+                    "and their radius, voxel count and coverage."
+                ),
+                "displayed_maps": [],
+                "number_of_maps": 0,
+            }
+            self.__dict__["_report_state"] = state
+        return state
+
+    @property
+    def _report_warnings(self) -> list[str]:
+        """The warnings of the last report (nilearn's attribute)."""
+        return self._report_content.setdefault("warnings", [])
+
+    def _has_report_data(self) -> bool:
+        """True when fit ran with ``reports`` on (what nilearn's report tests ask)."""
+        return self.__sklearn_is_fitted__() and bool(
+            self._report_content.get("reports_at_fit_time", False)
+        )
+
     # ------------------------------------------------------ inverse transform
 
     def inverse_transform(self, region_signals: np.ndarray) -> nib.Nifti1Image:
@@ -329,45 +472,68 @@ class NiftiSpheresMasker(BaseEstimator):
 
         Parameters
         ----------
-        region_signals : numpy.ndarray
+        region_signals : numpy.ndarray, pandas or polars DataFrame
             Shape (n_samples, n_seeds), or (n_seeds,) for one sample.
 
         Returns
         -------
         nibabel.Nifti1Image
             4D (n_samples volumes) or 3D for a 1D input, on ``mask_img``'s grid.
+            Its dtype is ``dtype`` when given ('auto': int32 for integer
+            signals, float32 otherwise), else that of ``region_signals``, as in
+            nilearn; boolean signals are cast (to ``dtype``, else int32) with a
+            warning, and int64 is stored as int32 data with an int64 header
+            dtype, with nilearn's warning.
         """
         check_is_fitted(self)
-        if self.mask_img_ is None:
-            raise ValueError(
-                "inverse_transform needs a reference grid: give mask_img when "
-                "creating the NiftiSpheresMasker"
-            )
-        arr = np.asarray(region_signals)
+        if hasattr(region_signals, "to_numpy"):  # pandas or polars DataFrame
+            region_signals = region_signals.to_numpy().squeeze()
+        arr = np.atleast_1d(np.asarray(region_signals))
+        if arr.dtype == bool:
+            cast = np.dtype(self.dtype) if self.dtype not in (None, "auto") else np.int32
+            warnings.warn(f"Casting boolean input to {cast}", UserWarning, stacklevel=2)
+            arr = arr.astype(cast)
         one_d = arr.ndim == 1
         arr2 = arr[np.newaxis, :] if one_d else arr
         if arr2.ndim != 2 or arr2.shape[1] != self.n_elements_:
             raise ValueError(
-                f"region_signals must have shape (n_samples, {self.n_elements_}) "
-                f"(one column per seed), got {arr.shape}"
+                f"Input to 'inverse_transform' has wrong shape: expected (n_samples, "
+                f"{self.n_elements_}) (one column per seed), got {arr.shape}"
+            )
+        if self.mask_img_ is None:
+            raise ValueError(
+                "Please provide mask_img when creating the NiftiSpheresMasker: "
+                "inverse_transform needs it as the reference grid"
             )
         mask_img = self.mask_img_
         shape = tuple(int(n) for n in mask_img.shape[:3])
+        self._log("Computing image from signals (the spheres painted on the mask's grid)")
         geometry = self._geometry(mask_img.affine, shape)
         member = geometry.matrix.astype(np.float64)  # (n_seeds, n_voxels)
         # Each voxel gets the mean of its spheres' signals: M.T @ signals sums them,
         # the number of spheres holding the voxel divides.
         counts = np.bincount(member.indices, minlength=member.shape[1])
         voxel_values = (member.T @ arr2.astype(np.float64).T) / counts[:, np.newaxis]
-        out_dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float32)
-        data = np.zeros((int(np.prod(shape)), arr2.shape[0]), dtype=out_dtype)
+        out_dtype = _inverse_dtype(arr.dtype, self.dtype)
+        stored = np.dtype(np.int32) if out_dtype == np.int64 else out_dtype
+        if stored != out_dtype:
+            warnings.warn(
+                "Data array used to create a new image contains 64-bit ints. Many tools "
+                "such as FSL and SPM cannot deal with int64 in Nifti images, so for "
+                "compatibility the data has been converted to int32.",
+                UserWarning,
+                stacklevel=2,
+            )
+        data = np.zeros((int(np.prod(shape)), arr2.shape[0]), dtype=stored)
         data[geometry.voxels] = voxel_values
         data = data.reshape((*shape, arr2.shape[0]), order="F")
         if one_d:
             data = data[..., 0]
         import nibabel as nib
 
-        return nib.Nifti1Image(data, mask_img.affine)
+        img = nib.Nifti1Image(data, mask_img.affine)
+        img.set_data_dtype(out_dtype)
+        return img
 
     # -------------------------------------------------------------- private
 
@@ -393,6 +559,8 @@ class NiftiSpheresMasker(BaseEstimator):
                     f"smoothing_fwhm must be None or a non-negative number of mm "
                     f"(or 3 of them), got {fwhm!r}"
                 )
+        if self.dtype is bool or (not isinstance(self.dtype, str) and _is_bool_dtype(self.dtype)):
+            raise TypeError("'dtype' cannot be bool: give a numeric dtype, 'auto' or None")
         if self.dtype is not None and not (isinstance(self.dtype, str) and self.dtype == "auto"):
             try:
                 np.dtype(self.dtype)
@@ -417,12 +585,17 @@ class NiftiSpheresMasker(BaseEstimator):
             return None
         return float(arr) if arr.size == 1 else arr
 
-    def _geometry(self, affine: np.ndarray, shape: Sequence[int]) -> spheres.SphereGeometry:
+    def _geometry(
+        self, affine: np.ndarray, shape: Sequence[int], check: bool = True
+    ) -> spheres.SphereGeometry:
+        """Sphere membership on a grid; ``check``: raise for empty / overlapping spheres."""
         shape3 = tuple(int(n) for n in shape[:3])
         mask = None
         if self.mask_img_ is not None:
             mask = resample_mask(self.mask_img_, affine, shape3)
         geometry = spheres.membership(np.asarray(self.seeds_), self.radii_, affine, shape3, mask)
+        if not check:
+            return geometry
         empty = spheres.empty_spheres(geometry)
         if empty.size:
             described = "; ".join(
@@ -431,8 +604,9 @@ class NiftiSpheresMasker(BaseEstimator):
             more = f" (and {empty.size - 20} more)" if empty.size > 20 else ""
             where = "inside the mask and the image" if mask is not None else "inside the image"
             raise ValueError(
-                f"{empty.size} sphere(s) hold no voxel {where}: {described}{more}; "
-                "check that the seeds are in the images' world space, or enlarge the radius"
+                f"These spheres are empty: {empty.size} sphere(s) hold no voxel {where}: "
+                f"{described}{more}; check that the seeds are in the images' world space, "
+                "or enlarge the radius"
             )
         if not self.allow_overlap:
             pairs = spheres.check_overlap(geometry)
@@ -440,7 +614,7 @@ class NiftiSpheresMasker(BaseEstimator):
                 listed = ", ".join(f"#{a} and #{b}" for a, b in pairs[:20])
                 more = f" (and {len(pairs) - 20} more pairs)" if len(pairs) > 20 else ""
                 raise ValueError(
-                    f"overlap detected between spheres {listed}{more}; reduce the radius "
+                    f"Overlap detected between spheres {listed}{more}; reduce the radius "
                     "or pass allow_overlap=True"
                 )
         return geometry
@@ -507,8 +681,8 @@ class NiftiSpheresMasker(BaseEstimator):
                 if dtype.newbyteorder("=") == np.float64
                 else np.dtype(np.float32)
             )
-        if isinstance(self.dtype, str) and self.dtype == "auto":
-            return np.dtype(np.float32)
+        if isinstance(self.dtype, str) and self.dtype == "auto":  # as nilearn
+            return np.dtype(np.int32 if source.data_dtype.kind in "iu" else np.float32)
         return np.dtype(self.dtype)
 
     def _log(self, message: str) -> None:
@@ -518,7 +692,7 @@ class NiftiSpheresMasker(BaseEstimator):
         if logging is not None:
             logging.getLogger(_LOGGER_NAME).debug(message)
         if self.verbose:
-            print(f"[NiftiSpheresMasker] {message}", file=sys.stderr)
+            print(f"[NiftiSpheresMasker] {message}")
 
 
 # --------------------------------------------------------------------------
@@ -531,6 +705,29 @@ def _extract_cached(
     """source.reduce, cached (a ReduceResult with ``nonfinite_fraction``)."""
     del key  # only used by joblib to identify the input
     return source.reduce(voxels, weights)
+
+
+def _inverse_dtype(signals_dtype: np.dtype, dtype: Any) -> np.dtype:
+    """inverse_transform's output dtype, as nilearn's ``get_target_dtype``."""
+    if dtype is None:
+        return np.dtype(signals_dtype)
+    if isinstance(dtype, str) and dtype == "auto":
+        return np.dtype(np.int32 if signals_dtype.kind in "iu" else np.float32)
+    return np.dtype(dtype)
+
+
+def _check_not_empty(source: reading.VolumeSource) -> None:
+    if source.n_volumes == 0 or 0 in source.shape:
+        raise ValueError(
+            f"The image is empty: {source.name} has shape {(*source.shape, source.n_volumes)}; "
+            "give an image holding voxels"
+        )
+
+
+def _report_module() -> Any:
+    from bids_spheres.masker import report
+
+    return report
 
 
 def _is_number(value: Any) -> bool:
@@ -550,7 +747,7 @@ def _is_numeric_like(value: Any) -> bool:
 
 
 def _validate_seeds(seeds: Any) -> np.ndarray:
-    msg = "seeds must be a sequence of (x, y, z) coordinate triplets in mm"
+    msg = "Seeds must be a list of (x, y, z) coordinate triplets in mm"
     if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
         raise ValueError(f"{msg}; got an object of type {type(seeds).__name__}")
     rows = []
@@ -602,26 +799,45 @@ def _validate_radius(radius: Any, n_seeds: int) -> np.ndarray:
 
 
 def load_mask(mask_img: Any) -> nib.Nifti1Image:
-    """Load a 3D mask (path or image) as a uint8 0/1 image; non-finite values are out.
+    """Load a mask (path or image) as a 3D uint8 0/1 image, as nilearn's maskers do.
+
+    A voxel is in when it is non-zero (any value, not only 1) and finite; a 4D
+    mask keeps the voxels that are in in every volume. Non-finite values are out,
+    with nilearn's warning ("Non-finite values detected").
 
     Raises
     ------
     ValueError
-        The image is not 3D (trailing singleton dimensions are dropped) or holds
-        no non-zero voxel; the message names it.
+        The image is not 3D or 4D (trailing singleton dimensions are dropped) or
+        holds no non-zero voxel; the message names it.
     """
     img = reading.load_img(mask_img)
     shape = tuple(int(n) for n in img.shape)
-    while len(shape) > 3 and shape[-1] == 1:
+    while len(shape) > 4 and shape[-1] == 1:
         shape = shape[:-1]
-    if len(shape) != 3:
+    if len(shape) not in (3, 4):
         raise ValueError(
-            f"mask_img must be a 3D image, got shape {img.shape} ({reading._describe(mask_img)})"
+            f"mask_img must be a 3D (or 4D) image, got shape {img.shape} "
+            f"({reading._describe(mask_img)})"
         )
     data = np.asanyarray(img.dataobj).reshape(shape)
-    mask = np.isfinite(data) & (data != 0)
+    finite = np.isfinite(data)
+    if not finite.all():
+        warnings.warn(
+            f"Non-finite values detected in mask_img {reading._describe(mask_img)}: "
+            f"{int(finite.size - np.count_nonzero(finite))} NaN/inf voxel value(s), "
+            "counted as outside the mask.",
+            UserWarning,
+            stacklevel=2,
+        )
+    mask = finite & (data != 0)
+    if mask.ndim == 4:
+        mask = mask.all(axis=3)
     if not mask.any():
-        raise ValueError(f"mask_img {reading._describe(mask_img)} is empty (no non-zero voxel)")
+        raise ValueError(
+            f"The mask is invalid as it is empty: it masks all data (mask_img "
+            f"{reading._describe(mask_img)} holds no non-zero finite voxel)"
+        )
     import nibabel as nib
 
     return nib.Nifti1Image(mask.astype(np.uint8), img.affine)
@@ -654,11 +870,29 @@ def resample_mask(
     return out > 0.5
 
 
-def _make_memory(memory: Any) -> Any:
+def _is_bool_dtype(dtype: Any) -> bool:
+    try:
+        return dtype is not None and np.dtype(dtype) == np.bool_
+    except TypeError:
+        return False
+
+
+def _make_memory(memory: Any, memory_level: int = 1) -> Any:
+    """The joblib.Memory in use (None: no caching); warns, as nilearn, when a cache
+    is given with ``memory_level=0`` (nothing is then cached)."""
     if memory is None:
         return None
     import joblib
 
+    if isinstance(memory, (str, os.PathLike, joblib.Memory)) and memory_level == 0:
+        location = getattr(memory, "location", memory)
+        if location is not None:
+            warnings.warn(
+                f"memory={memory!r} is given but memory_level=0: nothing will be cached; "
+                "set memory_level >= 1 to use the cache",
+                UserWarning,
+                stacklevel=3,
+            )
     if isinstance(memory, joblib.Memory):
         return memory if memory.location is not None else None
     if isinstance(memory, (str, os.PathLike)):
@@ -675,9 +909,7 @@ def _load_confounds(confounds: Any, n_volumes: int) -> np.ndarray:
     elif isinstance(confounds, (str, os.PathLike)):
         path = Path(confounds)
         where = str(path)
-        if not path.exists():
-            raise FileNotFoundError(f"confounds file not found: {path}")
-        arr = _read_confounds_file(path)
+        arr = reading.read_confounds_file(path)
     elif isinstance(confounds, np.ndarray):
         arr = confounds.astype(np.float64)
         where = "the confounds array"
@@ -692,62 +924,8 @@ def _load_confounds(confounds: Any, n_volumes: int) -> np.ndarray:
         raise ValueError(f"{where} must be 2D (volumes x confounds), got shape {arr.shape}")
     if arr.shape[0] != n_volumes:
         raise ValueError(
-            f"{where} has {arr.shape[0]} rows but the image has {n_volumes} volumes; "
+            f"Confound signal has an incorrect length: {where} has {arr.shape[0]} rows "
+            f"but the image has {n_volumes} volumes; "
             "give one confound row per volume"
         )
     return arr
-
-
-_MISSING_TOKENS = frozenset({"n/a", "na", "nan", ""})
-
-
-def _read_confounds_file(path: Path) -> np.ndarray:
-    """The numeric table of a CSV, TSV or whitespace-separated text file (SPM ``rp_*.txt``).
-
-    Read by ``numpy.loadtxt``. The separator is a tab if the first line holds one,
-    else a comma if it holds one, else runs of whitespace. A first line that is not
-    all numbers is a header and skipped. ``n/a``, ``NA``, ``nan`` and empty fields
-    are NaN (as pandas' ``read_csv`` reads them); any other non-numeric value, or
-    rows of unequal length, raise ValueError naming the file.
-    """
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        first = fh.readline()
-    sep = "\t" if "\t" in first else ("," if "," in first else None)
-    header = any(_confound_value(tok) is None for tok in first.split(sep))
-    try:
-        with warnings.catch_warnings():  # an empty table is reported below, as an error
-            warnings.filterwarnings("ignore", "loadtxt: input contained no data")
-            table = np.loadtxt(
-                path,
-                delimiter=sep,
-                skiprows=1 if header else 0,
-                converters=_confound_or_raise,
-                ndmin=2,
-                encoding="utf-8",
-            )
-    except ValueError as exc:
-        raise ValueError(
-            f"cannot read {path} as a numeric confounds table ({exc}); every value must be a "
-            "number or n/a, one row per volume"
-        ) from exc
-    if table.size == 0:
-        raise ValueError(f"{path} holds no confound values; give one row per volume")
-    return table
-
-
-def _confound_value(token: str) -> float | None:
-    """A confounds file's token as a float (NaN for missing), None when it is not a number."""
-    token = token.strip()
-    if token.lower() in _MISSING_TOKENS:
-        return float("nan")
-    try:
-        return float(token)
-    except ValueError:
-        return None
-
-
-def _confound_or_raise(token: str) -> float:
-    value = _confound_value(token)
-    if value is None:
-        raise ValueError(f"{token.strip()!r} is not a number")
-    return value

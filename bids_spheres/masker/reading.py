@@ -36,6 +36,11 @@ several times), taken ``block_bytes`` of float64 at a time (at least one volume)
 Non-finite voxel values are replaced by 0 (as nilearn does) and counted in
 :attr:`ReduceResult.n_nonfinite` so the caller can warn.
 
+:func:`read_confounds_file` reads a confounds table (CSV, TSV or SPM's
+whitespace-separated ``rp_*.txt``) given as a path, for the masker's
+``confounds`` and for :func:`bids_spheres.masker.signal.clean`, which opens
+no file itself.
+
 This module reads; it never cleans or filters signals.
 """
 
@@ -45,6 +50,7 @@ import gzip
 import io
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +72,7 @@ __all__ = [
     "VolumeSource",
     "load_img",
     "open_source",
+    "read_confounds_file",
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -232,9 +239,10 @@ class VolumeSource:
         voxels : numpy.ndarray
             Flat Fortran-order indices of the voxels to read, shape (n_voxels,).
         weights : scipy.sparse.csr_array or csr_matrix
-            Shape (n_outputs, n_voxels), in canonical format (sorted indices, no
-            duplicates, as :mod:`bids_spheres.masker.geometry` builds them); output
-            ``o`` of volume ``t`` is ``sum_v weights[o, v] * value[t, voxels[v]]``.
+            Shape (n_outputs, n_voxels), without duplicate entries in a row; output
+            ``o`` of volume ``t`` is ``sum_v weights[o, v] * value[t, voxels[v]]``,
+            summed in the order the row's entries are stored (sorted indices, as
+            :mod:`bids_spheres.masker.geometry` builds them, or any other order).
         block_bytes : int
             Bytes of raw data read at once (at least one volume).
 
@@ -332,7 +340,9 @@ def open_source(imgs: Any) -> VolumeSource:
     ValueError
         An image has more than 4 dimensions, a list is empty or mixes grids.
     TypeError
-        An element is neither a path nor a nibabel image.
+        An element is neither a path nor a nibabel image, or a list holds a 4D
+        image of several volumes (nilearn's DimensionError is a TypeError too; a
+        single-volume 4D image counts as a volume).
     FileNotFoundError
         A path does not exist.
     """
@@ -341,7 +351,15 @@ def open_source(imgs: Any) -> VolumeSource:
             raise ValueError("an empty list of images was given; expected 3D images")
         parts = [load_img(i) for i in imgs]
         for p, orig in zip(parts, imgs, strict=True):
-            _check_ndim(p, orig)
+            if _check_ndim(p, orig) != 3 and _n_volumes(p) != 1:
+                # nilearn would stack the list into a 5D image and refuse it; joining 4D
+                # runs silently would clean several runs as one series.
+                raise TypeError(
+                    "Input data has incompatible dimensionality: a list of images must hold "
+                    f"3D images (one volume each), but {_describe(orig)} is 4D (shape "
+                    f"{tuple(p.shape)}); give one 4D image per call (transform each run "
+                    "separately), or concatenate the runs yourself"
+                )
         first = parts[0]
         for p, orig in zip(parts[1:], imgs[1:], strict=True):
             if tuple(p.shape[:3]) != tuple(first.shape[:3]) or not np.allclose(
@@ -721,3 +739,78 @@ def _read_to_end(fh: Any) -> None:
     scratch = memoryview(bytearray(64 * 1024))
     while fh.readinto(scratch):
         pass
+
+
+def read_confounds_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """The numeric table of a CSV, TSV or whitespace-separated text file (SPM ``rp_*.txt``).
+
+    Read by ``numpy.loadtxt``. The separator is a tab if the first line holds one,
+    else a comma if it holds one, else runs of whitespace. A first line that is not
+    all numbers is a header and skipped. ``n/a``, ``NA``, ``nan`` and empty fields
+    are NaN (as pandas' ``read_csv`` reads them).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape (n_rows, n_columns).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Any other non-numeric value, rows of unequal length, or no values at all,
+        naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"confounds file not found: {path}")
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    sep = "\t" if "\t" in first else ("," if "," in first else None)
+    tokens = first.split(sep)
+    # a header: a token that is not a number, or an empty first field (the unnamed
+    # index column of pandas' to_csv; nilearn skips a first line starting with NaN)
+    header = any(_confound_value(tok) is None for tok in tokens) or (
+        sep is not None and tokens[0].strip() == ""
+    )
+    try:
+        with warnings.catch_warnings():  # an empty table is reported below, as an error
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data")
+            table = np.loadtxt(
+                path,
+                delimiter=sep,
+                skiprows=1 if header else 0,
+                converters=_confound_or_raise,
+                ndmin=2,
+                encoding="utf-8",
+            )
+    except ValueError as exc:
+        raise ValueError(
+            f"cannot read {path} as a numeric confounds table ({exc}); every value must be a "
+            "number or n/a, one row per volume"
+        ) from exc
+    if table.size == 0:
+        raise ValueError(f"{path} holds no confound values; give one row per volume")
+    return table
+
+
+_MISSING_TOKENS = frozenset({"n/a", "na", "nan", ""})
+
+
+def _confound_value(token: str) -> float | None:
+    """A confounds file's token as a float (NaN for missing), None when it is not a number."""
+    token = token.strip()
+    if token.lower() in _MISSING_TOKENS:
+        return float("nan")
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def _confound_or_raise(token: str) -> float:
+    value = _confound_value(token)
+    if value is None:
+        raise ValueError(f"{token.strip()!r} is not a number")
+    return value

@@ -28,7 +28,16 @@ DEPENDENCIES_OWN_IMPORTS = {
 #: Cython's shared runtime modules (one per Cython version: ``_cython_3_2_4`` ...).
 CYTHON_RUNTIME_PREFIX = "_cython_"
 
-FORBIDDEN = {"pandas", "bids", "matplotlib", "sklearn", "nilearn"}
+FORBIDDEN = {"pandas", "polars", "bids", "matplotlib", "sklearn", "nilearn"}
+
+#: Optional libraries the masker may import INSIDE a function, only when asked for them:
+#: each name, and what needs it. Never at module level, so never on import, fit or transform.
+OPTIONAL_LAZY = {
+    "sklearn": "base.masker_tags: scikit-learn's Tags, only if the caller imported sklearn",
+    "pandas": "base.wrap_output: set_output(transform='pandas')",
+    "polars": "base.wrap_output: set_output(transform='polars')",
+    "matplotlib": "report: generate_report()'s figures",
+}
 
 _CHILD = textwrap.dedent(
     """
@@ -108,10 +117,21 @@ def test_masker_imports_only_its_dependencies(tmp_path: Path) -> None:
     assert not unexpected, f"the masker pulled in {sorted(unexpected)}"
 
 
-def _imported_names(path: Path) -> list[str]:
-    """Every module named by an import statement of a source file (also inside functions)."""
+def _imported_names(path: Path, *, module_level_only: bool = False) -> list[str]:
+    """Every module named by an import statement of a source file (also inside functions,
+    unless ``module_level_only``: then only statements outside any function body)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    nodes = list(ast.walk(tree))
+    if module_level_only:
+        in_functions = {
+            id(inner)
+            for fn in nodes
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for inner in ast.walk(fn)
+        }
+        nodes = [n for n in nodes if id(n) not in in_functions]
     names = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in nodes:
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -137,16 +157,31 @@ def test_no_masker_module_imports_the_app() -> None:
 
 def test_masker_sources_import_only_the_stdlib_and_its_dependencies() -> None:
     """Every import statement of bids_spheres/masker (function-local ones included) names
-    the standard library, a declared dependency or the masker itself: a lazy
-    ``import pandas`` in a rarely used branch is caught here, not by a user."""
-    found = {}
+    the standard library, a declared dependency or the masker itself, except the optional
+    libraries of OPTIONAL_LAZY, which may be imported only inside a function body: a lazy
+    ``import pandas`` in a rarely used branch that is not listed is caught here, not by a
+    user, and so is a module-level import of an optional library."""
+    found, module_level = {}, {}
     for path in sorted(MASKER_DIR.glob("*.py")):
         tops = {name.split(".")[0] for name in _imported_names(path) if name}
         other = {
             top
-            for top in tops - DEPENDENCIES
+            for top in tops - DEPENDENCIES - set(OPTIONAL_LAZY)
             if top not in sys.stdlib_module_names and top != "__future__"
         }
         if other:
             found[path.name] = sorted(other)
+        eager = {n.split(".")[0] for n in _imported_names(path, module_level_only=True) if n}
+        if eager & set(OPTIONAL_LAZY):
+            module_level[path.name] = sorted(eager & set(OPTIONAL_LAZY))
     assert not found, f"masker modules import {found}"
+    assert not module_level, f"optional libraries imported at module level: {module_level}"
+
+
+def test_the_lazy_import_rule_sees_module_level_imports(tmp_path: Path) -> None:
+    """A guard for the test above: a module-level ``import pandas`` is found, one inside a
+    function is not counted as module level."""
+    source = tmp_path / "example.py"
+    source.write_text("import pandas\n\ndef f():\n    import polars\n")
+    assert {"pandas", "polars"} <= set(_imported_names(source))
+    assert _imported_names(source, module_level_only=True) == ["pandas"]
