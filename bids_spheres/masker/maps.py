@@ -274,6 +274,7 @@ def seed_maps(
         state: Any = _LowRank(basis, n_maps, n_vox, n_kept)
     else:
         state = _Held(n_kept, n_vox)
+    same = map_pos.size == union.size  # spheres inside the mask: no gathering needed
     t0 = 0
     for block in source.iter_voxel_blocks(union):
         if not np.isfinite(block).all():
@@ -286,8 +287,11 @@ def seed_maps(
         raw[t0 : t0 + n_b] = seeds_block
         take = keep_flag[t0 : t0 + n_b]
         if take.any():
-            rows = row_of[t0 : t0 + n_b][take]
-            state.add(rows, block[take][:, map_pos], seeds_block[take][:, chosen])
+            rows = row_of[t0 : t0 + n_b][take]  # consecutive rows
+            values = block if take.all() else block[take]
+            state.add(
+                rows[0], values if same else values[:, map_pos], seeds_block[take][:, chosen]
+            )
         t0 += n_b
     if n_nonfinite:
         warnings.warn(
@@ -340,12 +344,16 @@ def seed_maps(
 
 
 class _LowRank:
-    """Accumulates ``[S', U, 1]' Y'`` and ``sum(Y'**2)`` over kept volumes (Y' = Y - a)."""
+    """Accumulates ``[S', U, 1]' Y'`` and ``sum(Y'**2)`` over kept volumes (Y' = Y - a).
+
+    The accumulator is kept as (n_voxels, k) in Fortran order, so that BLAS's
+    ``dgemm`` adds each buffer's product in place (``beta = 1``), without a temporary.
+    """
 
     def __init__(self, basis: np.ndarray, n_maps: int, n_vox: int, n_kept: int) -> None:
         self.basis = basis
         self.n_maps = n_maps
-        self.acc = np.zeros((n_maps + basis.shape[1] + 1, n_vox))
+        self.acc_t = np.zeros((n_vox, n_maps + basis.shape[1] + 1), order="F")
         self.sumsq = np.zeros(n_vox)
         self.shift: np.ndarray | None = None  # a: each voxel's first kept value
         self.seed_shift: np.ndarray | None = None
@@ -355,16 +363,16 @@ class _LowRank:
         self.buf_seeds = np.empty((self.per_buffer, n_maps))
         self.filled = 0
 
-    def add(self, rows: np.ndarray, values: np.ndarray, seeds: np.ndarray) -> None:
+    def add(self, first_row: int, values: np.ndarray, seeds: np.ndarray) -> None:
         if self.shift is None:
             self.shift = values[0].copy()
             self.seed_shift = seeds[0].copy()
-        start = 0
-        while start < rows.size:
-            n = min(rows.size - start, self.per_buffer - self.filled)
+        start, n_rows = 0, values.shape[0]
+        while start < n_rows:
+            n = min(n_rows - start, self.per_buffer - self.filled)
             end = self.filled + n
             np.subtract(values[start : start + n], self.shift, out=self.buf[self.filled : end])
-            self.buf_rows[self.filled : end] = rows[start : start + n]
+            self.buf_rows[self.filled : end] = np.arange(first_row + start, first_row + start + n)
             self.buf_seeds[self.filled : end] = seeds[start : start + n] - self.seed_shift
             self.filled = end
             start += n
@@ -372,6 +380,8 @@ class _LowRank:
                 self._flush()
 
     def _flush(self) -> None:
+        from scipy.linalg import blas
+
         n = self.filled
         if n == 0:
             return
@@ -379,7 +389,8 @@ class _LowRank:
         left = np.hstack(
             (self.buf_seeds[:n], self.basis[self.buf_rows[:n]], np.ones((n, 1)))
         )  # (n, n_maps + r + 1)
-        self.acc += left.T @ y
+        # acc_t += y' left, in place
+        self.acc_t = blas.dgemm(1.0, y.T, left, beta=1.0, c=self.acc_t, overwrite_c=True)
         self.sumsq += np.einsum("ij,ij->j", y, y)
         self.filled = 0
 
@@ -387,24 +398,24 @@ class _LowRank:
         """r from the accumulators: G ~ I - U diag(deficit) U' (exact within EIGEN_TOL)."""
         self._flush()
         m, u = self.n_maps, self.basis
-        cross, proj, total = self.acc[:m], self.acc[m:-1], self.acc[-1]
+        acc = self.acc_t  # (n_voxels, k), columns contiguous
+        cross, proj, total = acc[:, :m], acc[:, m:-1], acc[:, -1]
         a = self.shift
         s_shift = seeds_kept - self.seed_shift  # s' (n_kept, n_maps)
         ones = np.ones(u.shape[0])
-        m_proj = deficit[:, np.newaxis] * proj  # M U'y'
-        # s'^T G y' , 1^T G y'
-        sgy = cross - (u.T @ s_shift).T @ m_proj
-        one_gy = total - (u.T @ ones) @ m_proj
+        m_proj = proj * deficit  # (M U'y')' per voxel
+        sgy = cross - m_proj @ (u.T @ s_shift)  # s'G y', (n_voxels, n_maps)
+        one_gy = total - m_proj @ (u.T @ ones)  # 1'G y'
         g_one = gram @ ones
         one_g_one = float(ones @ g_one)
-        s_g_one = s_shift.T @ g_one  # s'^T G 1, (n_maps,)
+        s_g_one = s_shift.T @ g_one  # s'G 1, (n_maps,)
         b = self.seed_shift
-        num = sgy + np.outer(s_g_one, a) + b[:, np.newaxis] * one_gy + np.outer(b, a) * one_g_one
-        yy = self.sumsq - np.einsum("ij,ij->j", proj, m_proj)
+        num = sgy + np.outer(a, s_g_one) + np.outer(one_gy, b) + np.outer(a, b) * one_g_one
+        yy = self.sumsq - np.einsum("vr,vr->v", proj, m_proj)
         yy += 2 * a * one_gy + a * a * one_g_one
         energy = self.sumsq + 2 * a * total + a * a * u.shape[0]  # sum of y**2
         ss = np.einsum("ti,tu,ui->i", seeds_kept, gram, seeds_kept)
-        return _ratio(num, ss, yy, np.sum(seeds_kept**2, axis=0), energy)
+        return _ratio(num.T, ss, yy, np.sum(seeds_kept**2, axis=0), energy)
 
 
 class _Held:
@@ -415,11 +426,12 @@ class _Held:
         self.data = np.empty((n_kept, n_vox), dtype=np.float32)
         self.shift: np.ndarray | None = None
 
-    def add(self, rows: np.ndarray, values: np.ndarray, seeds: np.ndarray) -> None:
+    def add(self, first_row: int, values: np.ndarray, seeds: np.ndarray) -> None:
         del seeds
         if self.shift is None:
             self.shift = values[0].copy()
-        self.data[rows] = values - self.shift
+        rows = self.data[first_row : first_row + values.shape[0]]
+        np.subtract(values, self.shift, out=rows, casting="same_kind")
 
     def finish(self, seeds_kept: np.ndarray, factor: np.ndarray) -> np.ndarray:
         """r with G = F'F: (Fs)'(Fy) / (|Fs| |Fy|), voxels in float64 chunks."""
