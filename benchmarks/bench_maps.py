@@ -206,30 +206,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
 
     measures: dict[str, list[dict]] = {}
-    plan = [("floor", None, repeats)]
-    for cleaning in CLEANINGS:
-        plan += [("ours", cleaning, repeats), ("nilearn", cleaning, args.nilearn_repeats)]
-    outs = {}
-    for rep in range(max(repeats, args.nilearn_repeats)):
-        for kind, cleaning, n in plan:
-            if rep >= n:
-                continue
-            key = kind if cleaning is None else f"{kind} {cleaning}"
-            out = work / f"{kind}_{cleaning}.npy" if cleaning else None
-            spec = {"kind": kind, "img": files["img"], "mask": files["mask"]}
-            spec.update(seeds=files["seeds"], confounds=files["confounds"], cleaning=cleaning)
-            if out is not None:
-                spec["out"] = str(out)
-                outs[key] = out
-            r = _run(spec, work)
-            measures.setdefault(key, []).append(r)
-            print(
-                f"  {key:20s} rep {rep + 1}: wall {r['wall']:6.2f} s  cpu {r['cpu']:6.2f} s  "
-                f"rss {r['rss_mb']:6.0f} MB",
-                flush=True,
-            )
-    print(f"load average {os.getloadavg()[0]:.2f} at the end", flush=True)
+    outs: dict[str, Path] = {}
+
+    def measure(kind: str, cleaning: str | None, rep: int) -> None:
+        key = kind if cleaning is None else f"{kind} {cleaning}"
+        spec = {"kind": kind, "img": files["img"], "mask": files["mask"]}
+        spec.update(seeds=files["seeds"], confounds=files["confounds"], cleaning=cleaning)
+        if cleaning is not None:
+            outs[key] = work / f"{kind}_{cleaning}.npy"
+            spec["out"] = str(outs[key])
+        r = _run(spec, work)
+        measures.setdefault(key, []).append(r)
+        print(
+            f"  {key:20s} rep {rep + 1}: wall {r['wall']:6.2f} s  cpu {r['cpu']:6.2f} s  "
+            f"rss {r['rss_mb']:6.0f} MB",
+            flush=True,
+        )
+
+    # ours and the floor first, interleaved; then nilearn (minutes per run), and the
+    # table again after each nilearn measurement
+    for rep in range(repeats):
+        for kind, cleaning in [("floor", None)] + [("ours", c) for c in CLEANINGS]:
+            measure(kind, cleaning, rep)
     _report(measures, outs)
+    for cleaning in CLEANINGS:
+        for rep in range(args.nilearn_repeats):
+            measure("nilearn", cleaning, rep)
+        _report(measures, outs)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end", flush=True)
     tmp.cleanup()
     return 0
 
@@ -253,16 +257,25 @@ def _report(measures: dict[str, list[dict]], outs: dict[str, Path]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for cleaning in CLEANINGS:
         ours, theirs = f"ours {cleaning}", f"nilearn {cleaning}"
-        diff = float(np.nanmax(np.abs(np.load(outs[ours]) - np.load(outs[theirs]))))
         route = measures[ours][0]
-        print(
+        row = (
             f"| {cleaning} | {route['method']} (held {route['held_mb']:.0f} MB) "
             f"| {best(ours, 'cpu'):.2f} s | {median(ours, 'wall'):.2f} s "
-            f"| {best(theirs, 'cpu'):.1f} s | {median(theirs, 'wall'):.1f} s "
+        )
+        ratio = (
             f"| {best(ours, 'cpu') / floor_cpu:.2f}x, {median(ours, 'wall') / floor_wall:.2f}x "
-            f"| {best(theirs, 'cpu') / best(ours, 'cpu'):.1f}x "
-            f"| {max(m['rss_mb'] for m in measures[ours]):.0f} / "
-            f"{max(m['rss_mb'] for m in measures[theirs]):.0f} MB | {diff:.1e} |"
+        )
+        rss = max(m["rss_mb"] for m in measures[ours])
+        if theirs not in measures:
+            print(row + "| - | - " + ratio + f"| - | {rss:.0f} / - MB | - |")
+            continue
+        diff = float(np.nanmax(np.abs(np.load(outs[ours]) - np.load(outs[theirs]))))
+        print(
+            row
+            + f"| {best(theirs, 'cpu'):.1f} s | {median(theirs, 'wall'):.1f} s "
+            + ratio
+            + f"| {best(theirs, 'cpu') / best(ours, 'cpu'):.1f}x "
+            f"| {rss:.0f} / {max(m['rss_mb'] for m in measures[theirs]):.0f} MB | {diff:.1e} |"
         )
 
 

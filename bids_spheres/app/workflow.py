@@ -64,6 +64,10 @@ def participant(config: RunConfig) -> int:
             "--session-label, --run and --bids-filter-file"
         )
     seed_set = seeds.load(config.seeds)  # radii filled per run: the table stays stable
+    if config.maps:  # --map-seeds names checked once, before any run
+        from bids_spheres.app.maps import check_map_seeds
+
+        check_map_seeds(seed_set, config)
     for message in seeds.check_space(seed_set, config.space):
         log.warning(message)  # once per job; each run's sidecar records it too
     strategy = confounds.load_strategy(config.denoise_strategy)
