@@ -22,7 +22,8 @@ route) and ``band-pass`` (the same + 0.01-0.1 Hz Butterworth: the held route).
   same cleaning, ``standardize=False``) for the voxels, ``NiftiSpheresMasker``
   (same cleaning) for the seeds, then Pearson r (a matrix product).
 
-Each measurement runs in a fresh process (this script with ``--child``); GNU
+BLAS runs one thread per process on both sides (``--blas-threads``). Each measurement
+runs in a fresh process (this script with ``--child``); GNU
 time gives the peak RSS and the CPU time (user + system) of that process; wall
 time is measured around it. Repetitions are interleaved. The machine may be
 shared: CPU time minima are the robust figure (the wall time includes waiting
@@ -158,6 +159,7 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 _GNU_TIME = shutil.which("time", path="/usr/bin:/bin")
+_BLAS_ENV: dict[str, str] = {}
 
 
 def _run(spec: dict, work: Path) -> dict:
@@ -167,6 +169,7 @@ def _run(spec: dict, work: Path) -> dict:
         p.unlink(missing_ok=True)
     spec = dict(spec, result=str(result_path))
     env = {k: v for k, v in os.environ.items() if k != "BIDS_SPHERES_INFLATER"}
+    env.update(_BLAS_ENV)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     if _GNU_TIME:
         cmd = [_GNU_TIME, "-f", "%M %U %S", "-o", str(rss_path), *cmd]
@@ -191,7 +194,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of ours and floor")
     parser.add_argument("--nilearn-repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="60 volumes, 1 repetition")
+    parser.add_argument(
+        "--blas-threads",
+        default="1",
+        help="BLAS threads per process, both sides (default 1, as in the BIDS-App's workers; "
+        "'default' leaves the library's choice: on a shared machine its idle threads spin "
+        "and inflate the CPU time)",
+    )
+    parser.add_argument(
+        "--nilearn-cleanings",
+        nargs="*",
+        default=["confounds"],
+        choices=sorted(CLEANINGS),
+        help="cleanings to run the nilearn route for (default confounds; its band-pass run "
+        "takes many minutes)",
+    )
     args = parser.parse_args(argv)
+    if args.blas_threads != "default":
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            _BLAS_ENV[name] = str(args.blas_threads)
     n_vol = 60 if args.quick else 300
     repeats = 1 if args.quick else args.repeats
     tmp = tempfile.TemporaryDirectory(prefix="bench_maps_")
@@ -203,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         _run({"kind": "generate", "data_dir": str(data_dir), "n_vol": n_vol}, work)
         print(f"generated the data in {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    print(
+        f"load average {os.getloadavg()[0]:.2f} at start; BLAS threads: {args.blas_threads}",
+        flush=True,
+    )
 
     measures: dict[str, list[dict]] = {}
     outs: dict[str, Path] = {}
@@ -229,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, cleaning in [("floor", None)] + [("ours", c) for c in CLEANINGS]:
             measure(kind, cleaning, rep)
     _report(measures, outs)
-    for cleaning in CLEANINGS:
+    for cleaning in args.nilearn_cleanings:
         for rep in range(args.nilearn_repeats):
             measure("nilearn", cleaning, rep)
         _report(measures, outs)

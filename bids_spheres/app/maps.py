@@ -267,8 +267,8 @@ class GroupMaps:
         space = tuple((k, entities[k]) for k in ("space", "cohort", "res") if k in entities)
         for seed, entry in listed.items():
             path = entry.get(RUN_STATS["z"]) if isinstance(entry, dict) else None
-            if not isinstance(path, str) or ".." in Path(path).parts:
-                continue
+            if not isinstance(path, str) or ".." in Path(path).parts or Path(path).is_absolute():
+                continue  # only files inside output_dir
             key = (space, str(seed))
             self.entries.setdefault(key, {}).setdefault(subject, []).append(self.output_dir / path)
 
@@ -301,7 +301,17 @@ class GroupMaps:
         for subject in sorted(participants):
             total = defined = None
             for path in participants[subject]:
-                img = nib.load(path)
+                try:
+                    img = nib.load(path)
+                    z = np.asarray(img.dataobj, dtype=np.float64)
+                except Exception as exc:  # missing, truncated or not NIfTI: this run only
+                    log.warning(
+                        "cannot read %s (%s); left out of the group map of seed %s",
+                        path,
+                        " ".join(str(exc).split()),
+                        seed,
+                    )
+                    continue
                 if reference is None:
                     reference = img
                 elif img.shape != reference.shape or not np.allclose(img.affine, reference.affine):
@@ -312,7 +322,6 @@ class GroupMaps:
                         seed,
                     )
                     continue
-                z = np.asarray(img.dataobj, dtype=np.float64)
                 has = np.isfinite(z) & (z != 0.0)
                 if total is None:
                     total, defined = np.zeros(z.shape), np.zeros(z.shape)

@@ -12,6 +12,8 @@ usage error.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -120,6 +122,22 @@ def test_group_mean_and_t_maps_equal_recomputed(mapped: Path) -> None:
     assert "Seed-to-voxel maps" in report
     assert "Seed PCC: mean Fisher z across participants" in report
     assert "Seed LMotor: one-sample t" in report
+
+
+def test_unreadable_run_map_leaves_only_that_run_out(
+    mapped: Path, demo_dataset, tmp_path: Path, caplog
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(mapped, out)
+    (broken,) = out.glob(f"sub-01/func/*run-1*{RUN_MAP.format(seed='PCC', stat='fisherz')}.nii.gz")
+    broken.write_bytes(broken.read_bytes()[:500])  # truncated
+    with caplog.at_level(logging.WARNING, logger="bids_spheres"):
+        assert main([str(demo_dataset.root), str(out), "group"]) == 0
+    assert f"cannot read {broken}" in caplog.text
+    meta = json.loads(
+        (out / "group" / f"{GROUP_MAP.format(seed='PCC', stat='t')}.json").read_text()
+    )
+    assert len(meta["Sources"]) == 3 and meta["NumberOfParticipants"] == 2
 
 
 def test_rerun_skips_finished_runs_with_maps(mapped: Path, demo_dataset, caplog) -> None:
