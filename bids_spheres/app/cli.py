@@ -287,6 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--high-pass", type=_positive_float, metavar="HZ", help="high-pass cut-off")
     clean.add_argument("--low-pass", type=_positive_float, metavar="HZ", help="low-pass cut-off")
 
+    maps = parser.add_argument_group("seed-to-voxel maps")
+    maps.add_argument(
+        "--maps",
+        action="store_true",
+        help="also write, per run and seed, NIfTI maps of the correlation (r and Fisher z) "
+        "of the seed's cleaned signal with every brain-mask voxel cleaned identically; the "
+        "group level then writes mean Fisher-z and one-sample t maps",
+    )
+    maps.add_argument(
+        "--map-seeds",
+        nargs="+",
+        metavar="NAME",
+        help="map only these seeds (names of the seed table); implies --maps",
+    )
+
     group = parser.add_argument_group("group level")
     group.add_argument(
         "--max-mean-fd",

@@ -115,6 +115,8 @@ class RunConfig:
     detrend: bool = True
     high_pass: float | None = None
     low_pass: float | None = None
+    maps: bool = False
+    map_seeds: tuple[str, ...] | None = None
     max_mean_fd: float = 0.5
     min_volumes: int = 50
     nprocs: int = 1
@@ -203,6 +205,8 @@ class RunConfig:
             detrend=args.detrend,
             high_pass=args.high_pass,
             low_pass=args.low_pass,
+            maps=bool(getattr(args, "maps", False) or getattr(args, "map_seeds", None)),
+            map_seeds=_tuple(getattr(args, "map_seeds", None)),
             max_mean_fd=args.max_mean_fd,
             min_volumes=args.min_volumes,
             nprocs=args.nprocs if args.nprocs is not None else available_cpus(),
@@ -227,8 +231,12 @@ class RunConfig:
         return f"{self.space}{cohort}:res-{self.res}" if self.res else f"{self.space}{cohort}"
 
     def cleaning_parameters(self) -> dict[str, Any]:
-        """The settings that determine the numbers of a run's outputs."""
-        return {
+        """The settings that determine the numbers of a run's outputs.
+
+        ``maps`` (the seeds mapped, or ``"all"``) only with ``--maps``: runs written
+        without maps keep their hash.
+        """
+        params = {
             "radius_default_mm": self.radius,
             "allow_overlap": self.allow_overlap,
             "mask": self.mask,
@@ -243,6 +251,9 @@ class RunConfig:
             "high_pass": self.high_pass,
             "low_pass": self.low_pass,
         }
+        if self.maps:
+            params["maps"] = list(self.map_seeds) if self.map_seeds else "all"
+        return params
 
     def to_json(self) -> dict[str, Any]:
         """All settings as JSON-serialisable values."""

@@ -456,6 +456,9 @@ class _Combination:
         self.participants: list[str] = []
         self.sources: list[str] = []
         self.rows: list[dict[str, Any]] = []
+        from bids_spheres.app.maps import GroupMaps  # seed-to-voxel maps (--maps)
+
+        self.maps = GroupMaps(output_dir, atlas, desc)
 
     # -- seeds -------------------------------------------------------------
 
@@ -547,6 +550,8 @@ class _Combination:
             self._add_connectome(files, reasons)
         row["usable"] = "no" if reasons else "yes"
         row["exclusion_reason"] = "; ".join(reasons) if reasons else None
+        if not reasons and sidecar is not None:
+            self.maps.add(files.subject, files.entities, sidecar)
 
     def _read_sidecar(self, files: RunFiles, reasons: list[str]) -> dict[str, Any] | None:
         if files.timeseries_json is None:
@@ -743,7 +748,16 @@ class _Combination:
             participants=list(self.participants),
             files=files,
             connectome_skipped=self.connectome_skipped,
+            maps=self._group_maps(group_dir),
         )
+
+    def _group_maps(self, group_dir: Path) -> list[Any]:
+        """Mean Fisher-z and t maps per seed (--maps), with their report mosaics."""
+        from bids_spheres.app.maps import draw_mosaics
+
+        summaries = self.maps.finish(group_dir)
+        draw_mosaics(summaries)
+        return summaries
 
     def _seeds_table(self) -> pd.DataFrame:
         import pandas as pd

@@ -141,6 +141,7 @@ MAX_RELMAT_SEEDS = 2000
 BIDSIGNORE_PATTERNS = (
     "*_timeseries.*",
     "*_relmat.*",
+    "*_boldmap.*",
     "atlas-*_seeds.*",
     "group",
     "logs",
@@ -148,12 +149,13 @@ BIDSIGNORE_PATTERNS = (
 )
 
 #: Short entity keys in filename order: the order of ``rules.entities`` in the
-#: BIDS schema (1.11), with ``meas`` (BEP017, not in the schema) before ``desc``.
+#: BIDS schema (1.11), with ``meas`` (BEP017, not in the schema) before ``desc``, and
+#: ``seed``/``stat`` (seed-to-voxel maps, :mod:`bids_spheres.app.maps`) between them.
 ENTITY_ORDER: tuple[str, ...] = (
     "sub", "tpl", "ses", "cohort", "sample", "task", "tracksys", "acq", "nuc", "voi",
     "ce", "trc", "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt",
     "part", "proc", "hemi", "space", "split", "recording", "chunk", "atlas", "seg",
-    "scale", "res", "den", "label", "meas", "desc",
+    "scale", "res", "den", "label", "meas", "seed", "stat", "desc",
 )  # fmt: skip
 
 # Long names (schema and pybids spellings) -> short keys; short keys map to themselves.
@@ -601,6 +603,7 @@ def write_run(
     *,
     relmat: np.ndarray | None = None,
     relmat_sidecar: dict[str, Any] | None = None,
+    extra_files: Mapping[Path, bytes] | None = None,
 ) -> None:
     """Write one run's outputs; the timeseries JSON comes last and marks completion.
 
@@ -639,6 +642,9 @@ def write_run(
         in the same order.
     relmat_sidecar : dict, optional
         Its sidecar; required with ``relmat``.
+    extra_files : Mapping[Path, bytes], optional
+        More files of the run (seed-to-voxel maps), in the run's folder: written
+        with the TSVs, before the marker, and checksummed in it like them.
 
     Raises
     ------
@@ -667,6 +673,10 @@ def write_run(
         texts[paths.relmat_tsv] = _render_matrix_tsv(paths.relmat_tsv, names, np.asarray(relmat))
         texts[paths.relmat_json] = _render_json(relmat_sidecar)
     data_files = {path: text.encode("utf-8") for path, text in texts.items()}
+    for path, blob in (extra_files or {}).items():
+        if Path(path).parent != paths.directory:
+            raise ValueError(f"{path} is not in the run's folder {paths.directory}")
+        data_files[Path(path)] = blob
     marker = _render_json(
         {
             **sidecar,

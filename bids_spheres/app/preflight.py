@@ -83,6 +83,10 @@ def before_index(config: RunConfig) -> Settings:
     strategy = confounds.load_strategy(config.denoise_strategy)
     if not config.allow_overlap and config.mask == "none":
         _refuse_coincident_seeds(seed_set)
+    if config.maps:  # --map-seeds names
+        from bids_spheres.app.maps import check_map_seeds
+
+        check_map_seeds(seed_set, config)
     for path, what in (
         (config.output_dir, "output_dir"),
         (config.work_dir, "work directory"),

@@ -43,7 +43,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_spheres import __version__
-from bids_spheres.app import confounds, discovery, native, outputs, provenance, seeds
+from bids_spheres.app import confounds, discovery, maps, native, outputs, provenance, seeds
 from bids_spheres.app.config import RunConfig
 from bids_spheres.errors import (
     BidsSpheresError,
@@ -158,6 +158,7 @@ class Signals:
     warnings: list[str]
     status: list[str]  # per seed: "ok" or "n/a: <why>"
     missing: list[str]  # the seeds written n/a, in seed order
+    maps: maps.RunMaps | None = None  # --maps: seed-to-voxel maps (bids_spheres.app.maps)
 
 
 def process_run(task: RunTask) -> RunResult:
@@ -436,7 +437,9 @@ def extract(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        extracted = masker.fit().extract(bold_input, nuisance.matrix, nuisance.sample_mask)
+        extracted, seed_maps = maps.extract(  # masker.extract, or one pass for --maps too
+            task, masker.fit(), bold_input, nuisance.matrix, nuisance.sample_mask, mask_img, usable
+        )
         signals, raw = extracted.signals, extracted.raw
     run_warnings = sorted({" ".join(str(w.message).split()) for w in caught})
     for message in run_warnings:
@@ -468,7 +471,7 @@ def extract(
         tsnr[usable] = raw_kept.mean(axis=0) / raw_kept.std(axis=0, ddof=1)
     tsnr[no_finite] = np.nan
     missing = [task.seeds.names[i] for i in np.flatnonzero(~written)]
-    return Signals(bold_input, table, relmat, kept, tsnr, run_warnings, status, missing)
+    return Signals(bold_input, table, relmat, kept, tsnr, run_warnings, status, missing, seed_maps)
 
 
 def run_sidecar(
@@ -585,13 +588,15 @@ def write(
 ) -> RunResult:
     """Write the timeseries and correlation matrix with their sidecars (atomic)."""
     paths = planned.paths
+    map_files, listed = maps.run_files(task, planned, signals, sidecar)  # --maps
     outputs.write_run(
         paths,
         signals.table,
         list(task.seeds.names),
-        sidecar,
+        {**sidecar, **listed},
         relmat=signals.relmat,
         relmat_sidecar=relmat_json,
+        extra_files=map_files,
     )
     log.info("wrote %s", paths.timeseries_tsv.relative_to(task.config.output_dir))
     return RunResult(

@@ -4,7 +4,9 @@ Promise
 -------
 :class:`NiftiSpheresMasker` (nilearn's API) and :func:`clean` are the public
 entry points; :func:`load_mask` and :func:`resample_mask` give the mask
-handling the masker itself uses. Modules: :mod:`~bids_spheres.masker.estimator`
+handling the masker itself uses; :func:`seed_maps` gives seed-to-voxel
+correlation maps (and the sphere signals) in one pass. Modules:
+:mod:`~bids_spheres.masker.estimator`
 (the estimator), :mod:`~bids_spheres.masker.geometry` (sphere membership and
 weights), :mod:`~bids_spheres.masker.reading` (one streaming pass over an
 image), :mod:`~bids_spheres.masker.signal` (pure cleaning),
@@ -24,6 +26,15 @@ from bids_spheres.masker.estimator import (
     load_mask,
     resample_mask,
 )
+from bids_spheres.masker.maps import SeedMaps, seed_maps
 from bids_spheres.masker.signal import clean
 
-__all__ = ["NiftiSpheresMasker", "SphereSignals", "clean", "load_mask", "resample_mask"]
+__all__ = [
+    "NiftiSpheresMasker",
+    "SeedMaps",
+    "SphereSignals",
+    "clean",
+    "load_mask",
+    "resample_mask",
+    "seed_maps",
+]

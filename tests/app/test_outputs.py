@@ -44,7 +44,7 @@ from bids_spheres.app.outputs import (
 )
 from bids_spheres.errors import DataError, OutputError
 
-NON_SCHEMA_ENTITIES = {"meas"}
+NON_SCHEMA_ENTITIES = {"meas", "seed", "stat"}
 BOLD = {
     "subject": "01",
     "task": "rest",
@@ -76,7 +76,7 @@ def test_entity_order_is_the_schema_order() -> None:
     entities = schema.objects.entities
     schema_order = [entities[name].name for name in schema.rules.entities]
     assert [key for key in ENTITY_ORDER if key not in NON_SCHEMA_ENTITIES] == schema_order
-    assert ENTITY_ORDER[-2:] == ("meas", "desc")
+    assert ENTITY_ORDER[-4:] == ("meas", "seed", "stat", "desc")
     # every schema long name maps to its short key
     for long_name in schema.rules.entities:
         assert outputs._LONG_TO_SHORT[long_name] == entities[long_name].name

@@ -55,6 +55,7 @@ class CombinationSummary:
     participants: list[str]
     files: dict[str, str] = field(default_factory=dict)
     connectome_skipped: str = ""  # why no connectome was made (too many seeds), if so
+    maps: list[Any] = field(default_factory=list)  # bids_spheres.app.maps.MapSummary (--maps)
 
     @property
     def label(self) -> str:
@@ -228,6 +229,29 @@ def _combination_section(s: CombinationSummary, max_mean_fd: float, min_volumes:
     )
     out.append(_excluded_table(runs))
     out.append(_missing_seeds_table(seeds))
+    if s.maps:
+        out.append(_maps_section(s.maps))
+    return "\n".join(out)
+
+
+def _maps_section(maps: Sequence[Any]) -> str:
+    """Seed-to-voxel group maps (``--maps``): a slice mosaic of the mean z and t of each seed."""
+    out = ["<h3 id='seed-maps'>Seed-to-voxel maps</h3>"]
+    for m in maps:
+        files = ", ".join(f"<a href='{_e(name)}'>{_e(name)}</a>" for name in m.files.values())
+        out.append(
+            f"<h4>{_e(m.seed)}</h4><p>{m.n_participants} participant(s); "
+            f"{_e(m.dof if m.dof is not None else 'no')} degrees of freedom. Files: {files}</p>"
+        )
+        for kind, png in m.mosaics.items():
+            what = (
+                "mean Fisher z across participants (each participant's runs averaged first)"
+                if kind == "mean"
+                else f"one-sample t of the participants' Fisher z, {m.dof} degrees of freedom"
+            )
+            out.append(_figure(png, f"Seed {m.seed}: {what}; axial slices, inferior to superior."))
+    if any(not m.mosaics for m in maps):
+        out.append("<p>Maps of further seeds are written but not drawn here.</p>")
     return "\n".join(out)
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "connectome_figure",
     "coverage_figure",
     "find_template",
+    "map_mosaic",
     "motion_figure",
     "network_label",
     "network_order",
@@ -474,6 +475,36 @@ def _colours(groups: Sequence[str]) -> dict[str, Any]:
             colours[group] = mpl.colormaps["hsv"](i / len(named))
     colours[UNASSIGNED] = "#9e9e9e"
     return colours
+
+
+@_plain_text
+def map_mosaic(volume: np.ndarray, title: str, n_slices: int = 12) -> str:
+    """Axial slices of a 3D map (array axes as stored, third axis up), symmetric colours.
+
+    ``n_slices`` evenly spaced slices through the extent of the non-zero voxels, in a
+    row of 6 per line, ``RdBu_r`` from ``-v`` to ``v`` (``v``: the 99.5th percentile
+    of ``|value|`` over non-zero voxels), with a colour bar.
+    """
+    data = np.nan_to_num(np.asarray(volume, dtype=np.float64))
+    nonzero = np.flatnonzero(np.any(data != 0, axis=(0, 1)))
+    lo, hi = (int(nonzero[0]), int(nonzero[-1])) if nonzero.size else (0, data.shape[2] - 1)
+    picks = np.unique(np.linspace(lo, hi, n_slices + 2).round().astype(int)[1:-1])
+    values = np.abs(data[data != 0])
+    vmax = float(np.percentile(values, 99.5)) if values.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    cols = min(6, picks.size)
+    rows = int(np.ceil(picks.size / cols))
+    fig = _figure(1.6 * cols + 0.8, 1.7 * rows + 0.4)
+    image = None
+    for i, k in enumerate(picks):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        image = ax.imshow(data[:, :, k].T, origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        ax.set_title(f"k={k}", fontsize=7)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=fig.axes, shrink=0.8, fraction=0.03)
+    return _png(fig)
 
 
 def _figure(width: float, height: float) -> Figure:

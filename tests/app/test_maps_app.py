@@ -1,0 +1,186 @@
+"""--maps / --map-seeds: per-run seed-to-voxel maps and the group maps (bids_spheres.app.maps).
+
+Checks the module's promise on the demo dataset (2 participants x 2 runs, planted
+PCC-mPFC coupling): the names, the sidecars and the completion marker; the
+planted region lights up in PCC's map and independent seeds do not; seeds
+written n/a get no map; reruns skip; the group mean and t maps equal what is
+recomputed here from the run maps (runs averaged within participant first), with
+their degrees of freedom; the report shows their mosaics; a bad --map-seeds is a
+usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from cli_helpers import run_participant
+
+from bids_spheres.app.cli import main
+from bids_spheres.app.config import RunConfig
+from bids_spheres.app.demo import DEMO_SEEDS, INDEPENDENT_SEEDS, world_to_voxel
+
+RUN_MAP = "_atlas-demoseeds_seed-{seed}_stat-{stat}_desc-simple_boldmap"
+GROUP_MAP = "space-MNI152NLin2009cAsym_atlas-demoseeds_seed-{seed}_stat-{stat}_desc-simple_statmap"
+
+
+@pytest.fixture(scope="module")
+def mapped(demo_dataset, tmp_path_factory) -> Path:
+    """The demo's participant level with --maps --map-seeds PCC LMotor, then the group level."""
+    out = tmp_path_factory.mktemp("maps") / "out"
+    assert run_participant(demo_dataset.root, out, "--map-seeds", "PCC", "LMotor") == 0
+    assert main([str(demo_dataset.root), str(out), "group"]) == 0
+    return out
+
+
+def _timeseries_sidecars(out: Path) -> list[Path]:
+    return sorted(out.glob("sub-*/func/*_desc-simple_timeseries.json"))
+
+
+def test_run_maps_names_sidecars_and_marker(mapped: Path) -> None:
+    sidecars = _timeseries_sidecars(mapped)
+    assert len(sidecars) == 4
+    for path in sidecars:
+        sidecar = json.loads(path.read_text())
+        stem = path.name.split("_atlas-")[0]
+        assert set(sidecar["SeedMaps"]) == {"PCC", "LMotor"}
+        for seed in ("PCC", "LMotor"):
+            names = {}
+            for stat in ("r", "fisherz"):
+                name = stem + RUN_MAP.format(seed=seed, stat=stat)
+                assert (path.parent / f"{name}.nii.gz").is_file()
+                assert (
+                    sidecar["SeedMaps"][seed][stat]
+                    == (path.parent / f"{name}.nii.gz").relative_to(mapped).as_posix()
+                )
+                # the completion marker checksums the maps too
+                assert f"{name}.nii.gz" in sidecar["OutputChecksums"]
+                assert f"{name}.json" in sidecar["OutputChecksums"]
+                names[stat] = name
+            meta = json.loads((path.parent / f"{names['r']}.json").read_text())
+            assert meta["Statistic"] == "PearsonCorrelation"
+            assert meta["Seed"]["Name"] == seed
+            assert meta["NumberOfVolumes"] == len(sidecar["KeptVolumes"])
+            assert meta["Sources"][0].endswith(path.with_suffix(".tsv").name)
+            assert meta["CleaningParameters"]["maps"] == ["PCC", "LMotor"]
+            r = nib.load(path.parent / f"{names['r']}.nii.gz").get_fdata()
+            z = nib.load(path.parent / f"{names['fisherz']}.nii.gz").get_fdata()
+            np.testing.assert_allclose(z, np.arctanh(np.clip(r, -1 + 1e-7, 1 - 1e-7)), atol=2e-5)
+            assert (
+                json.loads((path.parent / f"{names['fisherz']}.json").read_text())["Statistic"]
+                == "FisherZ"
+            )
+        # seeds not chosen get no map
+        assert not list(path.parent.glob(stem + "*_seed-mPFC_*"))
+
+
+def test_planted_region_lights_up_in_the_run_maps(mapped: Path) -> None:
+    centres = {s.name: world_to_voxel(s.xyz) for s in DEMO_SEEDS}
+    for path in _timeseries_sidecars(mapped):
+        stem = path.name.split("_atlas-")[0]
+        z = nib.load(path.parent / f"{stem}{RUN_MAP.format(seed='PCC', stat='fisherz')}.nii.gz")
+        z = z.get_fdata()
+        n = len(json.loads(path.read_text())["KeptVolumes"])
+        assert z[centres["mPFC"]] > 1.0  # r > 0.76
+        assert z[centres["mPFC"]] * np.sqrt(n - 3) > 3.0  # as a z statistic too
+        independent = [abs(z[centres[name]]) for name in INDEPENDENT_SEEDS]
+        assert max(independent) < 0.5
+        assert (z == 0).sum() > 0.3 * z.size  # outside the brain mask: 0
+
+
+def test_group_mean_and_t_maps_equal_recomputed(mapped: Path) -> None:
+    group = mapped / "group"
+    per_participant = []
+    for sub in ("01", "02"):
+        runs = sorted(
+            mapped.glob(f"sub-{sub}/func/*{RUN_MAP.format(seed='PCC', stat='fisherz')}.nii.gz")
+        )
+        assert len(runs) == 2
+        per_participant.append(np.mean([nib.load(p).get_fdata() for p in runs], axis=0))
+    stack = np.stack(per_participant)
+    inside = np.all(stack != 0, axis=0)
+    mean_img = nib.load(group / f"{GROUP_MAP.format(seed='PCC', stat='effect')}.nii.gz")
+    t_img = nib.load(group / f"{GROUP_MAP.format(seed='PCC', stat='t')}.nii.gz")
+    mean = mean_img.get_fdata()
+    t = t_img.get_fdata()
+    np.testing.assert_allclose(mean[inside], stack.mean(axis=0)[inside], atol=1e-5)
+    assert np.all(mean[~inside] == 0)
+    with np.errstate(invalid="ignore"):  # 0 / 0 outside the masks
+        expected_t = stack.mean(axis=0) / (stack.std(axis=0, ddof=1) / np.sqrt(2))
+    np.testing.assert_allclose(t[inside], expected_t[inside], rtol=1e-4, atol=1e-4)
+    assert t_img.header.get_intent() == ("t test", (1.0,), "t")
+    meta = json.loads((group / f"{GROUP_MAP.format(seed='PCC', stat='t')}.json").read_text())
+    assert meta["DegreesOfFreedom"] == 1 and meta["NumberOfParticipants"] == 2
+    assert len(meta["Sources"]) == 4
+    np.testing.assert_allclose(mean_img.affine, t_img.affine)
+    report = (group / "report.html").read_text()
+    assert "Seed-to-voxel maps" in report
+    assert "Seed PCC: mean Fisher z across participants" in report
+    assert "Seed LMotor: one-sample t" in report
+
+
+def test_unreadable_run_map_leaves_only_that_run_out(
+    mapped: Path, demo_dataset, tmp_path: Path, caplog
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(mapped, out)
+    (broken,) = out.glob(f"sub-01/func/*run-1*{RUN_MAP.format(seed='PCC', stat='fisherz')}.nii.gz")
+    broken.write_bytes(broken.read_bytes()[:500])  # truncated
+    with caplog.at_level(logging.WARNING, logger="bids_spheres"):
+        assert main([str(demo_dataset.root), str(out), "group"]) == 0
+    assert f"cannot read {broken}" in caplog.text
+    meta = json.loads(
+        (out / "group" / f"{GROUP_MAP.format(seed='PCC', stat='t')}.json").read_text()
+    )
+    assert len(meta["Sources"]) == 3 and meta["NumberOfParticipants"] == 2
+
+
+def test_rerun_skips_finished_runs_with_maps(mapped: Path, demo_dataset, caplog) -> None:
+    before = {p: p.stat().st_mtime_ns for p in mapped.glob("sub-*/func/*boldmap.nii.gz")}
+    assert run_participant(demo_dataset.root, mapped, "--map-seeds", "PCC", "LMotor") == 0
+    after = {p: p.stat().st_mtime_ns for p in mapped.glob("sub-*/func/*boldmap.nii.gz")}
+    assert before == after and len(before) == 16
+
+
+def test_seed_written_na_gets_no_map(demo_small, tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.tsv"
+    seeds.write_text(
+        "name\tx\ty\tz\tradius\tnetwork\n"
+        "PCC\t0\t-52\t26\t8\tDefaultMode\n"
+        "Outside\t-88\t-124\t-70\t4\tNone\n"  # in the field of view, outside the brain
+    )
+    out = tmp_path / "out"
+    code = main(
+        [
+            *(str(demo_small.root), str(out), "participant", "--seeds", str(seeds)),
+            *("--maps", "--work-dir", str(tmp_path / "work")),
+        ]
+    )
+    assert code == 0
+    (sidecar,) = out.glob("sub-*/func/*_timeseries.json")
+    data = json.loads(sidecar.read_text())
+    assert data["MissingSeeds"] == ["Outside"]
+    assert set(data["SeedMaps"]) == {"PCC"}
+    assert not list(out.glob("sub-*/func/*seed-Outside*"))
+    assert len(list(out.glob("sub-*/func/*seed-PCC*boldmap.nii.gz"))) == 2
+
+
+def test_unknown_map_seed_is_a_usage_error(demo_small, tmp_path: Path, capsys) -> None:
+    code = run_participant(demo_small.root, tmp_path / "out", "--map-seeds", "PCC", "Nowhere")
+    assert code == 64
+    err = capsys.readouterr().err
+    assert "--map-seeds Nowhere" in err and "PCC" in err
+
+
+def test_maps_enter_the_parameters_only_when_asked() -> None:
+    base = {"bids_dir": Path("/in"), "output_dir": Path("/out"), "analysis_level": "participant"}
+    plain = RunConfig(**base, work_dir=Path("/w"))
+    assert "maps" not in plain.cleaning_parameters()
+    mapped = RunConfig(**base, work_dir=Path("/w"), maps=True, map_seeds=("PCC",))
+    assert mapped.cleaning_parameters()["maps"] == ["PCC"]
+    assert RunConfig(**base, work_dir=Path("/w"), maps=True).cleaning_parameters()["maps"] == "all"
