@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bids_spheres import __version__
-from bids_spheres.app import outputs
+from bids_spheres.app import outputs, provenance
 from bids_spheres.errors import DataError, MissingInputError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -441,7 +441,7 @@ def _run_map_sidecar(
             "VoxelCount": info.get("VoxelCount"),
         },
         "NumberOfVolumes": result.n_samples,
-        "Mask": sidecar.get("Mask"),
+        "Mask": _mask_name(task, sidecar),
         "MaskVoxelCount": int(result.voxels.size),
         "Sources": [outputs.bids_uri("bids_spheres", timeseries), *sidecar.get("Sources", [])],
         "CleaningParameters": sidecar.get("CleaningParameters"),
@@ -453,6 +453,15 @@ def _run_map_sidecar(
         },
         "SoftwareVersion": f"bids_spheres {__version__}",
     }
+
+
+def _mask_name(task: Any, sidecar: dict[str, Any]) -> Any:
+    """The mask the maps are over: ``--mask``'s, or with ``--mask none`` fMRIPrep's
+    brain mask of the run (see :func:`extract`), named portably (a BIDS URI)."""
+    if task.config.mask != "none" or task.run.mask is None:
+        return sidecar.get("Mask")
+    links = provenance.input_roots(task.config.bids_dir, task.run.fmriprep_root)
+    return provenance.portable_path(task.run.mask, links)
 
 
 def _group_sidecar(

@@ -267,7 +267,9 @@ def input_files(task: RunTask) -> dict[str, Path]:
     ``bold`` (its header gives the grid), ``bold_read`` (the BOLD the strategy
     reads when it is not ``bold``: fMRIPrep's ``desc-smoothAROMAnonaggr``),
     ``sidecar`` (the BOLD's JSON), ``mask`` (the one ``--mask`` uses, found as
-    :func:`mask_on_grid` finds it, not loaded), ``transform`` (the fMRIPrep
+    :func:`mask_on_grid` finds it, not loaded), ``maps_mask`` (with ``--maps``
+    and ``--mask none``: fMRIPrep's brain mask the maps are computed over, see
+    :func:`bids_spheres.app.maps.extract`), ``transform`` (the fMRIPrep
     transform that maps template seeds into the run's space, see
     :mod:`bids_spheres.app.native`), ``confounds`` and ``confounds_json``;
     absent files are left out. :func:`plan` hashes their
@@ -282,6 +284,8 @@ def input_files(task: RunTask) -> dict[str, Path]:
         files["mask"] = run.mask
     elif config.mask != "none":
         files["mask"] = Path(_mask_for(config, run)[0])
+    elif config.maps:  # --maps --mask none: the maps are over fMRIPrep's brain mask
+        files["maps_mask"] = run.mask
     files["confounds"] = run.confounds
     if task.native is not None:  # the transform that put template seeds in this space
         files["transform"] = task.native.transform
