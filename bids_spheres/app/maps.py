@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ __all__ = [
     "extract",
     "map_filename",
     "run_files",
+    "run_map_pattern",
 ]
 
 log = logging.getLogger("bids_spheres")
@@ -182,6 +184,19 @@ def map_filename(
         seed=outputs.to_label(seed),
         stat=stat,
     )
+
+
+def run_map_pattern(entities: dict[str, Any], *, atlas: str, desc: str) -> re.Pattern[str]:
+    """The names of every map file of one run (any seed, any stat, NIfTI or JSON).
+
+    What :func:`bids_spheres.app.outputs.write_run` removes when a rerun no longer
+    writes it (fewer ``--map-seeds``, no ``--maps``); never another run's files.
+    """
+    seed, stat = "SEEDxPLACEHOLDERx0", "statxplaceholder"
+    name = map_filename(entities, atlas=atlas, desc=desc, seed=seed, stat=stat, suffix=RUN_SUFFIX)
+    pattern = re.escape(name[: -len(".nii.gz")])
+    pattern = pattern.replace(seed, "[A-Za-z0-9]+").replace(stat, "[a-z]+")
+    return re.compile(pattern + r"\.(?:nii\.gz|json)")
 
 
 def run_files(

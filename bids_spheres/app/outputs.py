@@ -604,6 +604,7 @@ def write_run(
     relmat: np.ndarray | None = None,
     relmat_sidecar: dict[str, Any] | None = None,
     extra_files: Mapping[Path, bytes] | None = None,
+    extra_pattern: re.Pattern[str] | None = None,
 ) -> None:
     """Write one run's outputs; the timeseries JSON comes last and marks completion.
 
@@ -645,6 +646,12 @@ def write_run(
     extra_files : Mapping[Path, bytes], optional
         More files of the run (seed-to-voxel maps), in the run's folder: written
         with the TSVs, before the marker, and checksummed in it like them.
+    extra_pattern : re.Pattern, optional
+        Names (``fullmatch``) of the files of the run's folder that are this
+        run's extra files, whatever the parameters (all its seed-to-voxel maps):
+        those not in ``extra_files`` are removed, under the lock, before the
+        marker is written -- an earlier run's maps of seeds no longer mapped
+        would otherwise stay under the current names.
 
     Raises
     ------
@@ -692,6 +699,10 @@ def write_run(
         if relmat is None:
             _remove(paths.relmat_tsv)
             _remove(paths.relmat_json)
+        if extra_pattern is not None:
+            for path in sorted(paths.directory.iterdir()):
+                if extra_pattern.fullmatch(path.name) and path not in data_files:
+                    _remove(path)
         try:
             _fsync_dir(paths.directory)  # the data files are on disk before the marker can be
         except OSError as exc:

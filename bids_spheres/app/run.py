@@ -601,6 +601,9 @@ def write(
         relmat=signals.relmat,
         relmat_sidecar=relmat_json,
         extra_files=map_files,
+        extra_pattern=maps.run_map_pattern(  # maps of an earlier run not written now
+            task.run.entities, atlas=task.seeds.label, desc=outputs.to_label(task.strategy.name)
+        ),
     )
     log.info("wrote %s", paths.timeseries_tsv.relative_to(task.config.output_dir))
     return RunResult(
