@@ -458,7 +458,7 @@ def _run_map_sidecar(
         "NumberOfVolumes": result.n_samples,
         "Mask": _mask_name(task, sidecar),
         "MaskVoxelCount": int(result.voxels.size),
-        "Sources": [outputs.bids_uri("bids_spheres", timeseries), *sidecar.get("Sources", [])],
+        "Sources": [outputs.bids_uri("", timeseries), *sidecar.get("Sources", [])],
         "CleaningParameters": sidecar.get("CleaningParameters"),
         "Computation": {
             "Method": result.method,

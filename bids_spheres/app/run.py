@@ -577,8 +577,8 @@ def relmat_sidecar(task: RunTask, planned: Plan) -> dict[str, Any] | None:
         "Directed": False,
         "ValidDiagonal": False,
         "StorageFormat": "Full",
-        "NodeFiles": [outputs.bids_uri("bids_spheres", timeseries)],
-        "Sources": [outputs.bids_uri("bids_spheres", timeseries)],
+        "NodeFiles": [outputs.bids_uri("", timeseries)],
+        "Sources": [outputs.bids_uri("", timeseries)],
         "Description": "Correlation of the kept (uncensored) volumes; n/a for missing seeds.",
     }
 
