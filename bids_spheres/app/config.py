@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,11 +231,13 @@ class RunConfig:
         cohort = f":cohort-{self.cohort}" if self.cohort else ""
         return f"{self.space}{cohort}:res-{self.res}" if self.res else f"{self.space}{cohort}"
 
-    def cleaning_parameters(self) -> dict[str, Any]:
+    def cleaning_parameters(self, seed_names: Sequence[str] | None = None) -> dict[str, Any]:
         """The settings that determine the numbers of a run's outputs.
 
         ``maps`` (the seeds mapped, or ``"all"``) only with ``--maps``: runs written
-        without maps keep their hash.
+        without maps keep their hash. The ``--map-seeds`` are sorted and
+        deduplicated, and are ``"all"`` when they are every one of ``seed_names``
+        (the seed set's names): the same maps, the same parameters hash.
         """
         params = {
             "radius_default_mm": self.radius,
@@ -252,7 +255,9 @@ class RunConfig:
             "low_pass": self.low_pass,
         }
         if self.maps:
-            params["maps"] = list(self.map_seeds) if self.map_seeds else "all"
+            chosen = sorted(set(self.map_seeds or ()))
+            everything = seed_names is not None and set(chosen) == set(seed_names)
+            params["maps"] = chosen if chosen and not everything else "all"
         return params
 
     def to_json(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,7 @@ def plan(task: RunTask) -> Plan:
     # content (inputs, strategy), never by where it is mounted
     params = {
         "version": __version__,
-        "cleaning": _portable_cleaning(config, links),
+        "cleaning": _portable_cleaning(config, links, seed_set.names),
         "strategy": strategy.to_dict(),
         "seeds": seed_set.to_dataframe().to_dict(orient="list"),
         "t_r": run.t_r,
@@ -547,7 +548,7 @@ def run_sidecar(
         "MaxFramewiseDisplacement": _finite_or_none(selection.max_fd if selection else None),
         "Denoising": denoising,
         "CleaningParameters": {
-            **_portable_cleaning(config, links),
+            **_portable_cleaning(config, links, seed_set.names),
             "t_r": run.t_r,
             "order": "detrend -> butterworth -> confound regression -> standardize",
         },
@@ -788,9 +789,11 @@ def _templateflow_home() -> Path:
     return Path(os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow")).expanduser()
 
 
-def _portable_cleaning(config: RunConfig, links: dict[str, Path]) -> dict[str, Any]:
+def _portable_cleaning(
+    config: RunConfig, links: dict[str, Path], seed_names: Sequence[str]
+) -> dict[str, Any]:
     """:meth:`RunConfig.cleaning_parameters` with a ``--mask`` or strategy file named portably."""
-    cleaning = config.cleaning_parameters()
+    cleaning = config.cleaning_parameters(seed_names)
     if config.mask not in ("fmriprep", "template", "none"):
         cleaning["mask"] = provenance.portable_path(config.mask, links)
     strategy = cleaning["denoise_strategy"]
