@@ -93,6 +93,9 @@ RUN_STATS = {"r": "r", "z": "fisherz"}
 GROUP_STATS = {"mean": "effect", "t": "t"}
 #: Key of the timeseries sidecar listing a run's maps (seed -> {stat label: path}).
 SIDECAR_KEY = "SeedMaps"
+#: Key of the timeseries sidecar naming the chosen seeds that got no map, and why.
+NOT_MAPPED_KEY = "SeedMapsNotWritten"
+NO_VARIANCE = "no map: the seed's cleaned signal has no variance (r undefined)"
 #: Group maps drawn in the report (the others are written, and listed).
 MAX_REPORT_MAPS = 12
 _GZIP_LEVEL = 3
@@ -205,7 +208,10 @@ def run_files(
     """The map files of one run (path -> bytes) and the ``SeedMaps`` entry of its sidecar.
 
     ``signals.maps`` is the :class:`RunMaps` of :func:`extract` (None: no files).
-    Seeds written ``n/a`` (``Status`` not ``ok`` in the sidecar) get no map.
+    Seeds written ``n/a`` (``Status`` not ``ok`` in the sidecar) get no map, nor
+    do seeds whose cleaned signal has no variance (``r`` NaN at every voxel: a
+    constant sphere), which are named in :data:`NOT_MAPPED_KEY` and in
+    ``Warnings`` (and logged).
     """
     run_maps = getattr(signals, "maps", None)
     if run_maps is None:
@@ -216,10 +222,14 @@ def run_files(
     timeseries = planned.paths.timeseries_tsv.relative_to(config.output_dir).as_posix()
     files: dict[Path, bytes] = {}
     listed: dict[str, dict[str, str]] = {}
+    flat: list[str] = []  # seeds whose cleaned signal has no variance: r undefined everywhere
     z_all = result.z()
     for row, name in enumerate(run_maps.names):
         info = sidecar["Seeds"][name]
         if info.get("Status") != "ok":
+            continue
+        if not np.isfinite(result.r[row]).any():
+            flat.append(name)
             continue
         entry = {}
         for kind, values in (("r", result.r[row]), ("z", z_all[row])):
@@ -239,7 +249,17 @@ def run_files(
             )
             entry[RUN_STATS[kind]] = (directory / fname).relative_to(config.output_dir).as_posix()
         listed[name] = entry
-    return files, {SIDECAR_KEY: listed}
+    extra: dict[str, Any] = {SIDECAR_KEY: listed}
+    if flat:
+        message = (
+            f"{len(flat)} seed(s) without a map: their cleaned signal has no variance "
+            f"(a constant sphere, e.g. outside the brain with --mask none), so r is undefined: "
+            f"{', '.join(flat[:10])}{' ...' if len(flat) > 10 else ''}"
+        )
+        log.warning("%s: %s", run.bold.name, message)
+        extra[NOT_MAPPED_KEY] = {name: NO_VARIANCE for name in flat}
+        extra["Warnings"] = [*sidecar.get("Warnings", []), message]
+    return files, extra
 
 
 # ------------------------------------------------------------------ group level
