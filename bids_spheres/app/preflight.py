@@ -17,7 +17,8 @@ no output folder, no work folder, no pybids index:
     so it is checked by :func:`before_runs`.
 :func:`before_runs` (the selected runs, before any is processed)
     * a strategy reading fMRIPrep's AROMA BOLD (``aroma``) when no selected run
-      has one, ``--mask fmriprep`` when no selected run has a brain mask (66);
+      has one, ``--mask fmriprep`` (or ``--maps`` with ``--mask none``, whose
+      maps are over that mask) when no selected run has a brain mask (66);
     * ``--mask template``: the TemplateFlow brain mask of each space, cohort and
       resolution of the runs is found locally, once per job, never downloaded
       (66 when absent, 65 when ambiguous);
@@ -104,7 +105,8 @@ def before_runs(tasks: Sequence[RunTask]) -> None:
     ------
     MissingInputError
         No selected run has the AROMA BOLD the strategy reads, or the brain mask
-        ``--mask fmriprep`` uses; or a TemplateFlow mask is not available locally.
+        ``--mask fmriprep`` (or ``--maps --mask none``) uses; or a TemplateFlow
+        mask is not available locally.
     DataError
         Several TemplateFlow masks match the space.
     UsageError
@@ -126,6 +128,17 @@ def before_runs(tasks: Sequence[RunTask]) -> None:
             f"none of the {len(usable)} selected run(s) has a desc-brain_mask in space "
             f"{config.space_with_res} (e.g. {usable[0].run.bold.name}); use --mask template, "
             "--mask none or a mask file"
+        )
+    if (
+        config.maps
+        and config.mask == "none"
+        and usable
+        and all(t.run.mask is None for t in usable)
+    ):
+        raise MissingInputError(
+            f"--maps with --mask none maps over fMRIPrep's desc-brain_mask, which none of the "
+            f"{len(usable)} selected run(s) has in space {config.space_with_res} (e.g. "
+            f"{usable[0].run.bold.name}); give --mask template or a mask file"
         )
     if config.mask == "template":
         _check_template_masks(usable)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def test_run_maps_names_sidecars_and_marker(mapped: Path) -> None:
             assert meta["Seed"]["Name"] == seed
             assert meta["NumberOfVolumes"] == len(sidecar["KeptVolumes"])
             assert meta["Sources"][0].endswith(path.with_suffix(".tsv").name)
-            assert meta["CleaningParameters"]["maps"] == ["PCC", "LMotor"]
+            assert meta["CleaningParameters"]["maps"] == ["LMotor", "PCC"]  # sorted
             r = nib.load(path.parent / f"{names['r']}.nii.gz").get_fdata()
             z = nib.load(path.parent / f"{names['fisherz']}.nii.gz").get_fdata()
             np.testing.assert_allclose(z, np.arctanh(np.clip(r, -1 + 1e-7, 1 - 1e-7)), atol=2e-5)
@@ -184,3 +185,120 @@ def test_maps_enter_the_parameters_only_when_asked() -> None:
     mapped = RunConfig(**base, work_dir=Path("/w"), maps=True, map_seeds=("PCC",))
     assert mapped.cleaning_parameters()["maps"] == ["PCC"]
     assert RunConfig(**base, work_dir=Path("/w"), maps=True).cleaning_parameters()["maps"] == "all"
+    # sorted, unique, and every seed is "all"
+    some = RunConfig(**base, work_dir=Path("/w"), maps=True, map_seeds=("b", "a", "b"))
+    assert some.cleaning_parameters()["maps"] == ["a", "b"]
+    assert some.cleaning_parameters(["a", "b", "c"])["maps"] == ["a", "b"]
+    assert some.cleaning_parameters(["b", "a"])["maps"] == "all"
+
+
+def _maps_of(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("sub-*/func/*_boldmap.*"))
+
+
+def test_maps_mask_with_mask_none_is_an_input(demo_small, copy_demo, tmp_path: Path) -> None:
+    """--maps --mask none maps over fMRIPrep's brain mask: it is hashed, listed and named."""
+    data = copy_demo(demo_small, tmp_path / "ds")
+    out = tmp_path / "out"
+    assert run_participant(data.root, out, "--maps", "--mask", "none") == 0
+    (sidecar_path,) = out.glob("sub-*/func/*_timeseries.json")
+    sidecar = json.loads(sidecar_path.read_text())
+    (mask,) = data.fmriprep_dir.glob("sub-*/func/*MNI152NLin2009cAsym*_desc-brain_mask.nii.gz")
+    uri = "bids:fmriprep:" + mask.relative_to(data.fmriprep_dir).as_posix()
+    assert uri in sidecar["Sources"]
+    meta_path = next(out.glob("sub-*/func/*seed-PCC_stat-r_*_boldmap.json"))
+    meta = json.loads(meta_path.read_text())
+    assert meta["Mask"] == uri
+    before = meta["MaskVoxelCount"]
+    # a changed mask makes the run unfinished: its maps are recomputed over it
+    img = nib.load(mask)
+    values = np.asarray(img.dataobj).copy()
+    values[: values.shape[0] // 2] = 0
+    nib.Nifti1Image(values, img.affine, img.header).to_filename(mask)
+    assert run_participant(data.root, out, "--maps", "--mask", "none") == 0
+    assert json.loads(meta_path.read_text())["MaskVoxelCount"] < before
+
+
+def test_rerun_with_fewer_maps_removes_the_stale_ones(demo_small, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_participant(demo_small.root, out, "--map-seeds", "PCC", "LMotor") == 0
+    assert len(_maps_of(out)) == 8
+    assert run_participant(demo_small.root, out, "--map-seeds", "PCC") == 0
+    names = _maps_of(out)
+    assert len(names) == 4 and all("seed-PCC_" in name for name in names)
+    # another run's (or another desc's) map files are never touched
+    (func,) = {p.parent for p in out.glob("sub-*/func/*_timeseries.json")}
+    other = (
+        func / "sub-01_task-other_space-X_atlas-demoseeds_seed-PCC_stat-r_desc-simple_boldmap.json"
+    )
+    other.write_text("{}")
+    assert run_participant(demo_small.root, out) == 0  # without --maps: no map of this run
+    assert _maps_of(out) == [other.name]
+
+
+def test_bids_uris_name_declared_datasets(mapped: Path) -> None:
+    links = json.loads((mapped / "dataset_description.json").read_text())["DatasetLinks"]
+    found = set()
+    for path in mapped.rglob("*.json"):
+        found |= set(re.findall(r'"bids:([^:"/]*):', path.read_text()))
+    assert "" in found and "fmriprep" in found  # maps and relmats name this dataset's files
+    assert found <= {"", *links}, found - {"", *links}
+
+
+def test_order_and_completeness_of_map_seeds_do_not_change_the_hash(
+    demo_small, tmp_path: Path, caplog
+) -> None:
+    out = tmp_path / "out"
+    names = [s.name for s in DEMO_SEEDS]
+    assert run_participant(demo_small.root, out, "--map-seeds", "PCC", "LMotor") == 0
+    hash_of = lambda: json.loads(next(out.glob("sub-*/func/*_timeseries.json")).read_text())[  # noqa: E731
+        "ParametersHash"
+    ]
+    first = hash_of()
+    with caplog.at_level(logging.INFO, logger="bids_spheres"):
+        assert run_participant(demo_small.root, out, "--map-seeds", "LMotor", "PCC", "PCC") == 0
+    assert "finished already" in caplog.text and hash_of() == first
+    assert run_participant(demo_small.root, out, "--maps") == 0
+    everything = hash_of()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bids_spheres"):
+        assert run_participant(demo_small.root, out, "--map-seeds", *reversed(names)) == 0
+    assert "finished already" in caplog.text and hash_of() == everything
+
+
+def test_seed_without_variance_gets_no_map(demo_small, tmp_path: Path, caplog) -> None:
+    seeds = tmp_path / "seeds.tsv"
+    seeds.write_text(
+        "name\tx\ty\tz\tradius\tnetwork\n"
+        "PCC\t0\t-52\t26\t8\tDefaultMode\n"
+        "Outside\t-88\t-124\t-70\t4\tNone\n"  # outside the brain: a constant signal
+    )
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="bids_spheres"):
+        code = main(
+            [
+                *(str(demo_small.root), str(out), "participant", "--seeds", str(seeds)),
+                *("--maps", "--mask", "none", "--work-dir", str(tmp_path / "work")),
+            ]
+        )
+    assert code == 0
+    (sidecar,) = out.glob("sub-*/func/*_timeseries.json")
+    data = json.loads(sidecar.read_text())
+    assert data["Seeds"]["Outside"]["Status"] == "ok"  # its timeseries column is written
+    assert set(data["SeedMaps"]) == {"PCC"}
+    assert "no variance" in data["SeedMapsNotWritten"]["Outside"]
+    assert "Outside" in caplog.text and "no variance" in caplog.text
+    assert not list(out.glob("sub-*/func/*seed-Outside*"))
+
+
+def test_maps_without_any_brain_mask_are_refused_before_any_run(
+    demo_small, copy_demo, tmp_path: Path, capsys
+) -> None:
+    data = copy_demo(demo_small, tmp_path / "ds")
+    for mask in data.fmriprep_dir.rglob("*_desc-brain_mask.nii.gz"):
+        mask.unlink()
+    out = tmp_path / "out"
+    assert run_participant(data.root, out, "--maps", "--mask", "none") == 66
+    err = capsys.readouterr().err
+    assert "--maps" in err and "desc-brain_mask" in err and "--mask template" in err
+    assert not list(out.glob("sub-*"))
