@@ -63,6 +63,7 @@ import numpy as np
 
 from bids_spheres import __version__
 from bids_spheres.app import outputs, provenance
+from bids_spheres.app.native import NATIVE_RUN_SPACES
 from bids_spheres.errors import DataError, MissingInputError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -293,11 +294,15 @@ class GroupMaps:
         self.atlas, self.desc = atlas, desc
         # (space entities, seed) -> participant -> Fisher-z map paths
         self.entries: dict[tuple[tuple[tuple[str, str], ...], str], dict[str, list[Path]]] = {}
+        self.native_spaces: set[str] = set()  # runs in a subject's own space: not averaged
 
     def add(self, subject: str, entities: dict[str, str], sidecar: dict[str, Any]) -> None:
         """Record the Fisher-z maps a usable run's sidecar lists."""
         listed = sidecar.get(SIDECAR_KEY)
         if not isinstance(listed, dict):
+            return
+        if str(entities.get("space")) in NATIVE_RUN_SPACES:
+            self.native_spaces.add(str(entities["space"]))  # each subject's own anatomy
             return
         space = tuple((k, entities[k]) for k in ("space", "cohort", "res") if k in entities)
         for seed, entry in listed.items():
@@ -308,7 +313,19 @@ class GroupMaps:
             self.entries.setdefault(key, {}).setdefault(subject, []).append(self.output_dir / path)
 
     def finish(self, group_dir: Path) -> list[MapSummary]:
-        """Write the mean and t maps of every seed; return their summaries."""
+        """Write the mean and t maps of every seed; return their summaries.
+
+        Runs in a native space (:data:`~bids_spheres.app.native.NATIVE_RUN_SPACES`,
+        ``T1w``) get no group map -- the same voxel is another place in each
+        subject's anatomy -- and one warning says so.
+        """
+        if self.native_spaces:
+            log.warning(
+                "no group maps for the runs in space %s: their maps are per subject (each in "
+                "its own anatomy, the same voxel is not the same place); run the participant "
+                "level in an MNI space (e.g. --space MNI152NLin2009cAsym) for group maps",
+                ", ".join(sorted(self.native_spaces)),
+            )
         summaries = []
         for (space, seed), participants in sorted(self.entries.items()):
             try:

@@ -302,3 +302,25 @@ def test_maps_without_any_brain_mask_are_refused_before_any_run(
     err = capsys.readouterr().err
     assert "--maps" in err and "desc-brain_mask" in err and "--mask template" in err
     assert not list(out.glob("sub-*"))
+
+
+def test_no_group_maps_in_a_native_space(tmp_path: Path, caplog) -> None:
+    """T1w maps of different subjects are not averaged (other anatomies); MNI ones are."""
+    from bids_spheres.app.maps import GroupMaps
+
+    rng = np.random.default_rng(0)
+    group = GroupMaps(tmp_path, "demoseeds", "simple")
+    for sub in ("01", "02"):
+        for space in ("T1w", "MNI152NLin2009cAsym"):
+            rel = f"sub-{sub}/func/sub-{sub}_space-{space}_seed-PCC_fisherz.nii.gz"
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            z = rng.normal(size=(4, 4, 4)).astype(np.float32)
+            nib.Nifti1Image(z, np.eye(4)).to_filename(tmp_path / rel)
+            group.add(sub, {"space": space}, {"SeedMaps": {"PCC": {"fisherz": rel}}})
+    with caplog.at_level(logging.WARNING, logger="bids_spheres"):
+        summaries = group.finish(tmp_path / "group")
+    assert [(s.space, s.n_participants) for s in summaries] == [("MNI152NLin2009cAsym", 2)]
+    written = sorted(p.name for p in (tmp_path / "group").iterdir())
+    assert written and not [name for name in written if "T1w" in name]
+    warned = [r.getMessage() for r in caplog.records if "T1w" in r.getMessage()]
+    assert len(warned) == 1 and "per subject" in warned[0] and "MNI" in warned[0]
