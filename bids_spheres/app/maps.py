@@ -486,12 +486,7 @@ def _run_map_sidecar(
             "cleaning, are 0."
         ),
         "Statistic": "PearsonCorrelation" if kind == "r" else "FisherZ",
-        "Seed": {
-            "Name": name,
-            "CoordinatesMM": info.get("CoordinatesMM"),
-            "RadiusMM": info.get("RadiusMM"),
-            "VoxelCount": info.get("VoxelCount"),
-        },
+        "Seed": _seed_description(name, info, sidecar),
         "NumberOfVolumes": result.n_samples,
         "Mask": _mask_name(task, sidecar),
         "MaskVoxelCount": int(result.voxels.size),
@@ -505,6 +500,24 @@ def _run_map_sidecar(
         },
         "SoftwareVersion": f"bids_spheres {__version__}",
     }
+
+
+def _seed_description(name: str, info: dict[str, Any], sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The seed of a map: its coordinates (in ``SeedSpace``), radius and voxels; in a
+    native space (``--space T1w``) also the sphere centre used (``NativeCoordinatesMM``)
+    and the transform that put it there (``SeedTransform``), as in the run sidecar."""
+    seed = {
+        "Name": name,
+        "CoordinatesMM": info.get("CoordinatesMM"),
+        "SeedSpace": sidecar.get("SeedSpace"),
+        "RadiusMM": info.get("RadiusMM"),
+        "VoxelCount": info.get("VoxelCount"),
+    }
+    if "NativeCoordinatesMM" in info:
+        seed["NativeCoordinatesMM"] = info["NativeCoordinatesMM"]
+    if "SeedTransform" in sidecar:
+        seed["SeedTransform"] = sidecar["SeedTransform"]
+    return seed
 
 
 def _mask_name(task: Any, sidecar: dict[str, Any]) -> Any:

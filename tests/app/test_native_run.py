@@ -168,3 +168,25 @@ def test_seeds_in_a_template_without_transforms_are_one_error_before_any_run(
     assert "no selected subject" in err[0] and "from-T1w_to-MNI152NLin6Asym" in err[0]
     assert "MNI152NLin2009cAsym" in err[0]  # what is present
     assert not list(out.glob("sub-*"))
+
+
+def test_native_maps_name_the_native_centre_and_transform(native_data: dict) -> None:
+    info, base = native_data["info"], native_data["base"]
+    out = base / "t1w_maps" / "out"
+    code = run_participant(info.root, out, "--space", "T1w", *ARGS, "--map-seeds", SEED)
+    assert code == 1  # sub-03 has no transform
+    sidecars = sorted(out.glob("sub-*/ses-*/func/*_space-T1w_*_timeseries.json"))
+    assert len(sidecars) == 4
+    for path in sidecars:
+        sidecar = json.loads(path.read_text())
+        meta = json.loads(
+            (path.parent / (sidecar["SeedMaps"][SEED]["fisherz"].rsplit("/", 1)[1]))
+            .with_suffix("")
+            .with_suffix(".json")
+            .read_text()
+        )
+        seed = meta["Seed"]
+        assert seed["NativeCoordinatesMM"] == sidecar["Seeds"][SEED]["NativeCoordinatesMM"]
+        assert seed["CoordinatesMM"] == list(map(float, MNI_XYZ[0]))
+        assert seed["SeedSpace"] == "MNI152NLin2009cAsym"
+        assert seed["SeedTransform"] == sidecar["SeedTransform"]
