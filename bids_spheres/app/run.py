@@ -157,6 +157,8 @@ class Signals:
     warnings: list[str]
     status: list[str]  # per seed: "ok" or "n/a: <why>"
     missing: list[str]  # the seeds written n/a, in seed order
+    # with reports: (raw, cleaned, seed of each) of single sphere voxels, for the carpet
+    carpet: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def process_run(task: RunTask) -> RunResult:
@@ -429,7 +431,12 @@ def extract(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        extracted = masker.fit().extract(bold_input, nuisance.matrix, nuisance.sample_mask)
+        extracted = masker.fit().extract(
+            bold_input,
+            nuisance.matrix,
+            nuisance.sample_mask,
+            voxel_signals=CARPET_VOXELS if config.reports else 0,  # the report's carpet
+        )
         signals, raw = extracted.signals, extracted.raw
     run_warnings = sorted({" ".join(str(w.message).split()) for w in caught})
     for message in run_warnings:
@@ -461,7 +468,16 @@ def extract(
         tsnr[usable] = raw_kept.mean(axis=0) / raw_kept.std(axis=0, ddof=1)
     tsnr[no_finite] = np.nan
     missing = [task.seeds.names[i] for i in np.flatnonzero(~written)]
-    return Signals(bold_input, table, relmat, kept, tsnr, run_warnings, status, missing)
+    carpet = None
+    if extracted.voxel_seeds is not None:  # seeds of the voxels: indices among all seeds
+        seed_of = np.flatnonzero(usable)[extracted.voxel_seeds]
+        carpet = (extracted.voxel_raw, extracted.voxel_signals, seed_of)
+    return Signals(bold_input, table, relmat, kept, tsnr, run_warnings, status, missing, carpet)
+
+
+#: Sphere voxels read for a run's carpet plot (``--no-reports``: none), an equal share
+#: per seed; a plot shows no more rows than this anyway.
+CARPET_VOXELS = 1200
 
 
 def run_sidecar(
@@ -578,6 +594,9 @@ def write(
 ) -> RunResult:
     """Write the timeseries and correlation matrix with their sidecars (atomic)."""
     paths = planned.paths
+    from bids_spheres.app.report import participant as participant_report
+
+    participant_report.write_carpet(task, paths, signals)  # before: a complete run has it
     outputs.write_run(
         paths,
         signals.table,

@@ -73,6 +73,12 @@ class SphereSignals:
         voxels carrying a weight) that were NaN or inf, in [0, 1]; they count as
         0 in the means (as in nilearn), so 1 means the seed's signal is 0 only
         because no finite value was read: a caller should treat it as missing.
+    voxel_raw, voxel_signals : numpy.ndarray or None
+        Only with ``extract(..., voxel_signals=N)``: single sphere voxels (unsmoothed)
+        read in the same pass, float64 before cleaning, shape (n_volumes, n_picked),
+        and cleaned as ``signals`` are, shape (n_kept_volumes, n_picked).
+    voxel_seeds : numpy.ndarray or None
+        The seed of each picked voxel (column), shape (n_picked,).
     """
 
     signals: np.ndarray
@@ -80,6 +86,9 @@ class SphereSignals:
     sizes: np.ndarray
     coverage: np.ndarray
     nonfinite_fraction: np.ndarray
+    voxel_raw: np.ndarray | None = None
+    voxel_signals: np.ndarray | None = None
+    voxel_seeds: np.ndarray | None = None
 
 
 class NiftiSpheresMasker(BaseEstimator):
@@ -247,10 +256,15 @@ class NiftiSpheresMasker(BaseEstimator):
         """Same as :meth:`transform` for exactly one image (nilearn's name)."""
         return self._transform(imgs, confounds, sample_mask)[0]
 
-    def extract(self, imgs: Any, confounds: Any = None, sample_mask: Any = None) -> SphereSignals:
+    def extract(
+        self, imgs: Any, confounds: Any = None, sample_mask: Any = None, *, voxel_signals: int = 0
+    ) -> SphereSignals:
         """:meth:`transform`, plus what a caller needs to describe the spheres it read.
 
-        Same parameters as :meth:`transform`; one pass over ``imgs``.
+        Same parameters as :meth:`transform`; one pass over ``imgs``. With
+        ``voxel_signals=N`` (> 0), up to N single voxels of the spheres (an equal
+        share of each, see :func:`~bids_spheres.masker.geometry.voxel_rows`) are read
+        in that same pass and cleaned like the sphere means (e.g. for a carpet plot).
 
         Returns
         -------
@@ -259,18 +273,24 @@ class NiftiSpheresMasker(BaseEstimator):
             float64 sphere means of every volume before any cleaning, and the
             size and coverage of each sphere on the image's grid.
         """
-        signals, raw, nonfinite = self._transform(imgs, confounds, sample_mask)
+        signals, raw, nonfinite = self._transform(imgs, confounds, sample_mask, voxel_signals)
         geometry = self.geometry(imgs)
+        n, picked = geometry.n_seeds, None  # columns after n: the picked voxels
+        if voxel_signals > 0:
+            picked = spheres.voxel_rows(geometry, geometry.voxels, voxel_signals)[1]
         return SphereSignals(
-            signals=signals,
-            raw=raw,
+            signals=signals[:, :n],
+            raw=raw[:, :n],
             sizes=geometry.sizes.copy(),
             coverage=geometry.coverage,
-            nonfinite_fraction=nonfinite,
+            nonfinite_fraction=nonfinite[:n],
+            voxel_raw=None if picked is None else raw[:, n:],
+            voxel_signals=None if picked is None else signals[:, n:],
+            voxel_seeds=picked,
         )
 
     def _transform(
-        self, imgs: Any, confounds: Any, sample_mask: Any
+        self, imgs: Any, confounds: Any, sample_mask: Any, voxel_signals: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cleaned signals, raw float64 sphere means before any cleaning, non-finite fraction)."""
         check_is_fitted(self)
@@ -286,6 +306,11 @@ class NiftiSpheresMasker(BaseEstimator):
             if weights_geometry is not geometry
             else geometry.mean_weights()
         )
+        if voxel_signals > 0:  # single voxels as extra rows: read in the same pass
+            from scipy import sparse
+
+            rows = spheres.voxel_rows(geometry, weights_geometry.voxels, voxel_signals)[0]
+            weights = sparse.vstack([weights, rows], format="csr")
         raw, nonfinite = self._extract(source, weights_geometry.voxels, weights)
 
         all_confounds = []
