@@ -198,4 +198,5 @@ def test_browser_loads_participant_and_group_reports_offline(demo_one_run, tmp_p
         pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
         assert pixels.std() > 20 and (pixels < 100).mean() > 0.01  # drawn, not blank
         if shots:
-            shutil.copy(shot, Path(shots) / f"15-{page.stem}.png")
+            name = "group-report" if page.parent.name == "group" else f"participant-{page.stem}"
+            shutil.copy(shot, Path(shots) / f"15-{name}.png")

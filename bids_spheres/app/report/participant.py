@@ -509,9 +509,11 @@ def _relmat(path: Path, names: list[str]) -> np.ndarray | None:
     try:
         table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
         table.index = table.columns  # rows in the order of the header
-        return table.reindex(index=names, columns=names).to_numpy(dtype=float)
+        matrix = table.reindex(index=names, columns=names).to_numpy(dtype=float)
     except (OSError, ValueError):
         return None
+    np.fill_diagonal(matrix, np.nan)  # 1 by definition; grey, as in the group report
+    return matrix
 
 
 def _digest_of(path: Path) -> str | None:
