@@ -477,7 +477,7 @@ def extract(
 
 #: Sphere voxels read for a run's carpet plot (``--no-reports``: none), an equal share
 #: per seed; a plot shows no more rows than this anyway.
-CARPET_VOXELS = 1200
+CARPET_VOXELS = 600
 
 
 def run_sidecar(

@@ -130,21 +130,31 @@ def test_no_reports_writes_none(demo_small, tmp_path: Path) -> None:
 
 def test_reports_resume_like_the_runs(demo_dataset, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert run_participant(demo_dataset.root, out) == 0
-    pages = {sub: out / f"sub-{sub}.html" for sub in demo_dataset.subjects}
-    stamps = {sub: p.stat().st_mtime_ns for sub, p in pages.items()}
-    assert run_participant(demo_dataset.root, out) == 0  # nothing new: nothing rewritten
-    assert {sub: p.stat().st_mtime_ns for sub, p in pages.items()} == stamps
-
     first, second = demo_dataset.subjects[:2]
-    removed = _sidecars(out, first)[-1]
-    anchor = removed.name.removesuffix("_timeseries.json")
-    removed.with_suffix(".tsv").unlink()  # the run is incomplete: processed again
+    pages = {sub: out / f"sub-{sub}.html" for sub in (first, second)}
+
+    def stamps() -> dict[str, int]:
+        return {sub: p.stat().st_mtime_ns for sub, p in pages.items()}
+
+    def runs_shown(sub: str) -> int:
+        return len(re.findall(r"<h2 id='sub-", pages[sub].read_text()))
+
+    assert run_participant(demo_dataset.root, out, "--run", "1") == 0
+    assert runs_shown(first) == runs_shown(second) == 1
+    before = stamps()
+    assert run_participant(demo_dataset.root, out, "--run", "1") == 0  # nothing new
+    assert stamps() == before
+    # a new run of the first participant: its page is redone, the other's not touched
+    assert run_participant(demo_dataset.root, out, "--participant-label", first) == 0
+    after = stamps()
+    assert after[first] != before[first] and runs_shown(first) == 2
+    assert after[second] == before[second]
+    # both in the job, only the second has a new run
     assert run_participant(demo_dataset.root, out) == 0
-    assert pages[first].stat().st_mtime_ns != stamps[first]  # that participant's page redone
-    assert pages[second].stat().st_mtime_ns == stamps[second]
-    assert f"id='{anchor}'" in pages[first].read_text()
-    assert not list(out.glob("**/.*.tmp*")) and not list(out.glob("**/*.tmp"))
+    last = stamps()
+    assert last[first] == after[first]
+    assert last[second] != after[second] and runs_shown(second) == 2
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
 def test_a_run_without_carpet_says_so(demo_small, tmp_path: Path) -> None:

@@ -221,7 +221,7 @@ def write_report(
     for key in sorted(methods_html):
         stamp.update(f"{key}{methods_html[key]}".encode())
     for result in failed:
-        stamp.update(f"{result.bold}{result.reason}".encode())
+        stamp.update(f"{result.label}{result.reason}".encode())
     digest = stamp.hexdigest()
     target = report_path(output_dir, label)
     if _digest_of(target) == digest:
@@ -283,19 +283,15 @@ class _RunView:
             )
 
     def digest_parts(self) -> str:
-        carpet = self.carpet.stat() if self.carpet.is_file() else None
+        """What the section shows, independent of where the datasets are mounted."""
+        carpet = None
+        if self.carpet.is_file():
+            carpet = hashlib.sha256(self.carpet.read_bytes()).hexdigest()
         background = None
         if self.background is not None and self.background[0].is_file():
-            stat = self.background[0].stat()
-            background = (str(self.background[0]), stat.st_size, stat.st_mtime_ns)
-        return json.dumps(
-            [
-                self.anchor,
-                self.meta.get("ParametersHash"),
-                None if carpet is None else [carpet.st_size, carpet.st_mtime_ns],
-                background,
-            ]
-        )
+            path = self.background[0]
+            background = (path.name, path.stat().st_size, self.background[1])
+        return json.dumps([self.anchor, self.meta.get("ParametersHash"), carpet, background])
 
     def section(self, config: RunConfig, methods_html: dict[tuple[str, str], str]) -> str:
         from bids_spheres.app.report import plotting, svg
@@ -456,12 +452,13 @@ def _seed_table(seeds: Any) -> str:
     from bids_spheres.app.report.plotting import network_order
 
     order, labels, _groups = network_order(seeds["network"].tolist())
+    names, status = seeds["name"].tolist(), seeds["status"].tolist()
+    coverage, tsnr = seeds["coverage"].tolist(), seeds["tsnr"].tolist()
     rows = "".join(
-        "<tr" + (" class='na'" if seeds["status"].iat[i] != "ok" else "") + ">"
-        f"<td>{_e(seeds['name'].iat[i])}</td><td>{_e(labels[i])}</td>"
-        f"<td class='num'>{_fmt(seeds['coverage'].iat[i])}</td>"
-        f"<td class='num'>{_fmt(seeds['tsnr'].iat[i])}</td>"
-        f"<td>{_e(seeds['status'].iat[i])}</td></tr>"
+        "<tr" + (" class='na'" if status[i] != "ok" else "") + ">"
+        f"<td>{_e(names[i])}</td><td>{_e(labels[i])}</td>"
+        f"<td class='num'>{_fmt(coverage[i])}</td><td class='num'>{_fmt(tsnr[i])}</td>"
+        f"<td>{_e(status[i])}</td></tr>"
         for i in order
     )
     return (

@@ -44,6 +44,7 @@ _RDBU_R = (
     "#fddbc7", "#f4a582", "#d6604d", "#b2182b", "#67001f",
 )  # fmt: skip
 _FONT = "font-family='system-ui, sans-serif'"
+_CARPET_PALETTE = (*((round(i * 255 / 31),) * 3 for i in range(32)), (243, 214, 214))
 
 
 def network_colours(groups: Sequence[str], unassigned: str = "unassigned") -> dict[str, str]:
@@ -59,12 +60,22 @@ def network_colours(groups: Sequence[str], unassigned: str = "unassigned") -> di
     return colours
 
 
-def png_data_uri(rgb: np.ndarray) -> str:
-    """A ``data:image/png;base64,...`` URI of an (h, w, 3) or (h, w) uint8 array (Pillow)."""
+def png_data_uri(pixels: np.ndarray, palette: Sequence[tuple[int, int, int]] = ()) -> str:
+    """A ``data:image/png;base64,...`` URI of an (h, w, 3) or (h, w) uint8 array (Pillow).
+
+    With a ``palette`` (at most 256 RGB colours), ``pixels`` (h, w) are its indices.
+    """
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=6)
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    if palette:
+        image = Image.frombytes("P", (pixels.shape[1], pixels.shape[0]), pixels.tobytes())
+        flat = [v for colour in palette for v in colour]
+        image.putpalette(flat + [0] * (768 - len(flat)))
+    else:
+        image = Image.fromarray(pixels)
+    image.save(buffer, format="PNG", compress_level=1)  # fast: noise compresses little anyway
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -184,15 +195,15 @@ def carpet_svg(
         ref = values[kept]
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (values - np.nanmean(ref, axis=0)) / np.nanstd(ref, axis=0)
-        grey = np.clip((z.T + 2.0) / 4.0 * 255.0, 0, 255)
-        rgb = np.repeat(np.nan_to_num(grey, nan=0).astype(np.uint8)[:, :, None], 3, axis=2)
-        rgb[~np.isfinite(z.T)] = (243, 214, 214)
+        # 32 grey levels (index 32: not kept, pink): plenty for [-2, 2], and a small PNG
+        level = np.clip(np.round((np.nan_to_num(z.T) + 2.0) / 4.0 * 31.0), 0, 31)
+        level[~np.isfinite(z.T)] = 32
         y0 = top + k * (panel_h + gap)
         out.append(_text(left, y0 - 5, title, anchor="start", size=12))
         out.append(
             f"<image x='{left}' y='{y0}' width='{plot_w}' height='{panel_h}' "
             f"preserveAspectRatio='none' style='image-rendering:pixelated' "
-            f"href='{png_data_uri(rgb)}'/>"
+            f"href='{png_data_uri(level, _CARPET_PALETTE)}'/>"
         )
         scale = panel_h / max(1, rows.size)
         for start, stop, name in _blocks(row_labels):
