@@ -181,7 +181,7 @@ def carpet_svg(
     placed[kept] = after
     colours = network_colours(groups)
     row_labels = [labels[row_seeds[r]] for r in rows]
-    width, left, right, panel_h, gap, top = 900, 120, 10, 230, 34, 20
+    width, left, right, panel_h, gap, top = 940, 160, 10, 230, 34, 20
     plot_w = width - left - right
     height = top + 2 * panel_h + gap + 30
     out = [_open(width, height, "carpet plot of the sphere voxels before and after denoising")]
@@ -213,7 +213,7 @@ def carpet_svg(
                 f"fill='{colours[name]}'><title>{_e(name)}</title></rect>"
             )
             if h >= 9:
-                out.append(_text(left - 13, ys + h / 2 + 4, name, anchor="end", size=10))
+                out.append(_text(left - 13, ys + h / 2 + 4, _short(name), anchor="end", size=10))
             if start:
                 out.append(
                     f"<line x1='{left}' x2='{left + plot_w}' y1='{ys:.1f}' y2='{ys:.1f}' "
@@ -253,9 +253,9 @@ def seeds_svg(
     """
     views = (("sagittal", 1, 2, 0), ("coronal", 0, 2, 1), ("axial", 0, 1, 2))
     colours = network_colours(groups)
-    panel, pad, top = 280, 14, 22
+    panel, pad, top = 280, 14, 36
     width = 3 * panel + 4 * pad
-    height = top + panel + 60
+    height = top + panel + 30 + 16 * ((len(groups) + 1) // 4 + 1)  # room for the legend
     out = [_open(width, height, "seeds on the brain")]
     finite = np.all(np.isfinite(xyz), axis=1)
     for k, (title, h, v, away) in enumerate(views):
@@ -309,7 +309,7 @@ def seeds_svg(
     if missing.any():
         legend.append(("hollow", missing_label))
     out.append(_legend(legend, pad, top + panel + 20, max_width=width - 2 * pad))
-    out.append(_text(width - pad, top + panel + 52, note, anchor="end", size=10, colour="#666"))
+    out.append(_text(width - pad, 12, note, anchor="end", size=10, colour="#666"))
     out.append("</svg>")
     return "".join(out)
 
@@ -324,7 +324,7 @@ def matrix_svg(
         np.asarray(matrix, dtype=float)[np.ix_(order, order)] if len(order) else np.zeros((0, 0))
     )
     n = len(order)
-    size, left, top = 520, 130, 10
+    size, left, top = 520, 160, 10
     width, height = left + size + 90, top + size + 130
     out = [_open(width, height, "correlation matrix ordered by network")]
     if n:
@@ -353,12 +353,12 @@ def matrix_svg(
             f"fill='{colours[name]}'/>"
         )
         if n > 40 and b >= 9:
-            out.append(_text(left - 11, top + a + b / 2 + 4, name, anchor="end", size=10))
+            out.append(_text(left - 11, top + a + b / 2 + 4, _short(name), anchor="end", size=10))
             out.append(
                 _text(
                     left + a + b / 2 - 4,
                     top + size + 8,
-                    name,
+                    _short(name),
                     anchor="start",
                     size=10,
                     rotate=True,
@@ -395,6 +395,11 @@ def matrix_svg(
 
 # --------------------------------------------------------------------------
 # private helpers
+
+
+def _short(label: str, most: int = 24) -> str:
+    """A network label cut to ``most`` characters (with an ellipsis) for an axis."""
+    return label if len(label) <= most else label[: most - 1] + "\u2026"
 
 
 def _diverging(data: np.ndarray) -> np.ndarray:
