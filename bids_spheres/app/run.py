@@ -594,9 +594,6 @@ def write(
 ) -> RunResult:
     """Write the timeseries and correlation matrix with their sidecars (atomic)."""
     paths = planned.paths
-    from bids_spheres.app.report import participant as participant_report
-
-    participant_report.write_carpet(task, paths, signals)  # before: a complete run has it
     outputs.write_run(
         paths,
         signals.table,
@@ -605,6 +602,9 @@ def write(
         relmat=signals.relmat,
         relmat_sidecar=relmat_json,
     )
+    from bids_spheres.app.report import participant as participant_report
+
+    participant_report.write_carpet(task, paths, signals)  # the report's; none: removed
     log.info("wrote %s", paths.timeseries_tsv.relative_to(task.config.output_dir))
     return RunResult(
         str(task.run.bold),

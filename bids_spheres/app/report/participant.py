@@ -50,7 +50,10 @@ from bids_spheres.errors import BidsSpheresError, OutputUnavailableError, one_li
 
 if TYPE_CHECKING:
     from bids_spheres.app.config import RunConfig
-    from bids_spheres.app.run import RunResult, RunTask, Signals
+
+# RunTask, Signals and RunResult (bids_spheres.app.run, which calls write_carpet) are
+# annotated Any here: the report is imported from the orchestration, never the reverse.
+RunResult = RunTask = Signals = Any
 
 __all__ = [
     "carpet_path",
