@@ -7,6 +7,7 @@ Usage
     python benchmarks/bench_app.py --data-dir D --cases app --nprocs 1 2 --repeats 5
     python benchmarks/bench_app.py --data-dir D --reuse-index         # second-start cost
     python benchmarks/bench_app.py --quick                  # smoke run: 2 runs x 60 volumes
+    python benchmarks/bench_app.py --cases app --reports    # price of the participant reports
     PYTHONPATH=/tmp/app_snapshot python benchmarks/bench_app.py ...   # another checkout
 
 The three sides (each repetition of each in a FRESH child process)
@@ -672,6 +673,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="before measuring, run the app once with -X importtime and once under cProfile "
         "(--nprocs 1) and print the summaries (not timed)",
     )
+    parser.add_argument(
+        "--reports",
+        action="store_true",
+        help="also measure the app with --no-reports, to price the participant reports",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every raw measurement here")
     parser.add_argument(
         "--keep", type=Path, default=None, help="copy the last outputs of each side here"
@@ -793,9 +799,12 @@ def _run_child(spec: dict, work: Path, sample: bool = False, show: bool = False)
     return {**json.loads(result_path.read_text()), **r}
 
 
-def app_command(bids_dir: Path, out: Path, nprocs: int, work_dir: Path | None) -> list[str]:
+def app_command(
+    bids_dir: Path, out: Path, nprocs: int, work_dir: Path | None, extra: tuple[str, ...] = ()
+) -> list[str]:
     cmd = [sys.executable, "-m", "bids_spheres", str(bids_dir), str(out), "participant"]
     cmd += ["--seeds", "power2011", "--denoise-strategy", "simple", "--nprocs", str(nprocs)]
+    cmd += list(extra)
     if work_dir is not None:
         cmd += ["--work-dir", str(work_dir)]
     return cmd
@@ -808,6 +817,7 @@ class Measure:
     nprocs: int = 0
     repeats: int = 3
     runs: list = field(default_factory=list)
+    extra: tuple = ()  # more app options (--reports: "--no-reports" on one side)
 
 
 def _clear(path: Path) -> None:
@@ -817,12 +827,14 @@ def _clear(path: Path) -> None:
 def measure_once(m: Measure, ctx: dict, sample: bool) -> dict:
     work: Path = ctx["work"]
     if m.kind == "app":
-        out = work / f"out_app_np{m.nprocs}"
+        tag = "_noreports" if "--no-reports" in m.extra else ""
+        out = work / f"out_app_np{m.nprocs}{tag}"
         _clear(out)  # every run is processed, none skipped as finished
-        cmd = app_command(ctx["bids_dir"], out, m.nprocs, ctx["app_work_dir"])
-        log = work / f"app_np{m.nprocs}.log"
+        cmd = app_command(ctx["bids_dir"], out, m.nprocs, ctx["app_work_dir"], m.extra)
+        log = work / f"app_np{m.nprocs}{tag}.log"
         r = _spawn(cmd, log, sample)
         n_out = len(list(out.glob("sub-*/func/*_timeseries.tsv")))
+        r["reports"] = len(list(out.glob("sub-*.html")))
         if r["code"] != 0 or n_out != ctx["n_runs"]:
             raise RuntimeError(
                 f"the app exited {r['code']} with {n_out}/{ctx['n_runs']} timeseries:\n"
@@ -1042,8 +1054,34 @@ def report(ms: list[Measure], check: dict | None, tolerance: float) -> list[dict
             )
         x = _med(m, "rss_mb")
         results.append((m.label, "peak RSS <= 120 MB", f"{x:.0f} MB", x <= TARGETS["rss_mb"]))
+    pairs = [
+        (m, next((o for o in ms if o.kind == "app" and o.nprocs == m.nprocs and o.extra), None))
+        for m in ms
+        if m.kind == "app" and not m.extra
+    ]
+    pairs = [(on, off) for on, off in pairs if off is not None]
+    if pairs:
+        print(
+            "\nParticipant reports (issue 15): with reports (the default) over --no-reports;\n"
+            "medians, and minima (the least disturbed by other processes on a shared machine)"
+        )
+        for on, off in pairs:
+            n_pages = on.runs[0].get("reports", 0)
+            for key, name in (("wall", "wall"), ("cpu", "CPU time")):
+                med = _med(on, key) / _med(off, key)
+                low = min(r[key] for r in on.runs) / min(r[key] for r in off.runs)
+                print(
+                    f"  --nprocs {on.nprocs} {name:<8}: median {_med(on, key):6.2f} s / "
+                    f"{_med(off, key):6.2f} s = {med:.3f}x; minimum "
+                    f"{min(r[key] for r in on.runs):6.2f} s / "
+                    f"{min(r[key] for r in off.runs):6.2f} s = {low:.3f}x ({n_pages} pages)"
+                )
+                if key == "cpu":
+                    results.append(
+                        (on.label, "reports add <= 20 % (CPU, minima)", f"{low:.3f}x", low <= 1.2)
+                    )
     if results:
-        print("\nTargets of issue 12 (whole processes, medians)")
+        print("\nTargets of issues 12 and 15 (whole processes)")
         for label, name, value, ok in results:
             print(f"  {'MET   ' if ok else 'MISSED'} {label:<16} {name:<34} {value}")
     if check is not None:
@@ -1125,6 +1163,9 @@ def main(argv: list[str] | None = None) -> int:
         if "app" in cases:
             for n in args.nprocs:
                 ms.append(Measure(f"app --nprocs {n}", "app", nprocs=n, repeats=repeats))
+                if args.reports:
+                    label = f"app -n{n} --no-reports"
+                    ms.append(Measure(label, "app", n, repeats=repeats, extra=("--no-reports",)))
         if "nilearn" in cases:
             ms.append(Measure("nilearn", "nilearn", repeats=nilearn_repeats))
         warm_cache(data_dir)

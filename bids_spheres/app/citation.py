@@ -40,7 +40,7 @@ from bids_spheres import __version__
 from bids_spheres.app import outputs, provenance
 from bids_spheres.app.config import RunConfig
 
-__all__ = ["REFERENCES", "Methods", "methods", "write"]
+__all__ = ["REFERENCES", "Methods", "html_body", "methods", "write"]
 
 #: Order of the Butterworth filter (:func:`bids_spheres.masker.signal.butterworth`).
 FILTER_ORDER = 5
@@ -429,9 +429,18 @@ def render_html(text: Methods) -> str:
         "</head><body>",
         f"<h1>{html.escape(text.title)}</h1>",
         f'<p class="note">{html.escape(_NOTE)}</p>',
+        html_body(text),
+        "</body></html>",
     ]
+    return "\n".join(parts) + "\n"
+
+
+def html_body(text: Methods, *, level: int = 2) -> str:
+    """The sections and references as an HTML fragment (headings ``<h{level}>``), escaped."""
+    h = f"h{level}"
+    parts = []
     for heading, paragraphs in text.sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(f"<{h}>{html.escape(heading)}</{h}>")
         for paragraph in paragraphs:
             pieces = []
             last = 0
@@ -441,13 +450,13 @@ def render_html(text: Methods) -> str:
                 last = match.end()
             pieces.append(_code_html(paragraph[last:]))
             parts.append(f"<p>{''.join(pieces)}</p>")
-    parts.append("<h2>References</h2><ol>")
+    parts.append(f"<{h}>References</{h}><ol>")
     parts += [
         f'<li id="ref-{html.escape(key)}">{html.escape(_reference_text(entry))}</li>'
         for key, entry in text.references.items()
     ]
-    parts.append("</ol></body></html>")
-    return "\n".join(parts) + "\n"
+    parts.append("</ol>")
+    return "\n".join(parts)
 
 
 def render_bibtex(text: Methods) -> str:

@@ -345,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="recompute runs that are already finished"
     )
     other.add_argument(
+        "--no-reports",
+        dest="reports",
+        action="store_false",
+        help="write no per-participant HTML report (OUTPUT_DIR/sub-<label>.html)",
+    )
+    other.add_argument(
         "--skip-bids-validator",
         "--skip_bids_validator",
         dest="skip_bids_validator",

@@ -124,6 +124,8 @@ class RunConfig:
     dask_scheduler: str | None = None
     bids_database_dir: Path | None = None
     overwrite: bool = False
+    #: per-participant HTML reports (OUTPUT_DIR/sub-<label>.html); off with --no-reports
+    reports: bool = True
     skip_bids_validator: bool = False
     verbose: int = 0
     quiet: bool = False
@@ -220,6 +222,7 @@ class RunConfig:
                 Path(args.bids_database_dir).absolute() if args.bids_database_dir else None
             ),
             overwrite=args.overwrite,
+            reports=getattr(args, "reports", True),
             skip_bids_validator=args.skip_bids_validator,
             verbose=args.verbose,
             quiet=args.quiet,

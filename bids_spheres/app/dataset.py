@@ -37,8 +37,8 @@ __all__ = ["dataset_readme", "write_dataset_files"]
 
 def write_dataset_files(
     config: RunConfig, fmriprep_root: Path, seed_set: Any, strategy: Any
-) -> None:
-    """Write the dataset-level files (see the module docstring).
+) -> citation.Methods:
+    """Write the dataset-level files (see the module docstring); return the methods text.
 
     Raises
     ------
@@ -82,12 +82,11 @@ def write_dataset_files(
         },
     )
     outputs.write_text_if_absent(output_dir, "README.md", dataset_readme())
-    citation.write(
-        output_dir,
-        citation.methods(
-            config, seed_set, strategy, fmriprep_version=_fmriprep_version(description)
-        ),
+    text = citation.methods(
+        config, seed_set, strategy, fmriprep_version=_fmriprep_version(description)
     )
+    citation.write(output_dir, text)
+    return text  # also shown in each participant's report
 
 
 def dataset_readme() -> str:

@@ -139,15 +139,20 @@ def extract(
     sample_mask: np.ndarray | None,
     mask_img: Any,
     usable: np.ndarray,
+    *,
+    voxel_signals: int = 0,
 ) -> tuple[SphereSignals, RunMaps | None]:
     """The masker's signals, and with ``--maps`` the maps of the chosen usable seeds.
 
     ``masker`` is fitted on the usable seeds only; ``usable`` says which of the
-    seed set they are. Without ``--maps``: ``masker.extract`` (no maps).
+    seed set they are. Without ``--maps``: ``masker.extract`` (no maps), with up to
+    ``voxel_signals`` single sphere voxels for the report's carpet; with ``--maps``
+    the maps' one pass gathers no single voxels (no carpet).
     """
     config = task.config
     if not config.maps:
-        return masker.extract(bold_input, confounds, sample_mask), None
+        extracted = masker.extract(bold_input, confounds, sample_mask, voxel_signals=voxel_signals)
+        return extracted, None
     from bids_spheres.masker import seed_maps
 
     chosen = set(check_map_seeds(task.seeds, config))

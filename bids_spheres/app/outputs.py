@@ -145,6 +145,8 @@ BIDSIGNORE_PATTERNS = (
     "atlas-*_seeds.*",
     "group",
     "logs",
+    "figures",  # the participant reports' per-run figures (sub-*/figures/*_carpet.png)
+    "sub-*.html",  # the participant reports
     LOCK_NAME,
 )
 

@@ -160,6 +160,8 @@ class Signals:
     status: list[str]  # per seed: "ok" or "n/a: <why>"
     missing: list[str]  # the seeds written n/a, in seed order
     maps: maps.RunMaps | None = None  # --maps: seed-to-voxel maps (bids_spheres.app.maps)
+    # with reports: (raw, cleaned, seed of each) of single sphere voxels, for the carpet
+    carpet: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def process_run(task: RunTask) -> RunResult:
@@ -443,7 +445,14 @@ def extract(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         extracted, seed_maps = maps.extract(  # masker.extract, or one pass for --maps too
-            task, masker.fit(), bold_input, nuisance.matrix, nuisance.sample_mask, mask_img, usable
+            task,
+            masker.fit(),
+            bold_input,
+            nuisance.matrix,
+            nuisance.sample_mask,
+            mask_img,
+            usable,
+            voxel_signals=CARPET_VOXELS if config.reports else 0,  # the report's carpet
         )
         signals, raw = extracted.signals, extracted.raw
     run_warnings = sorted({" ".join(str(w.message).split()) for w in caught})
@@ -476,7 +485,18 @@ def extract(
         tsnr[usable] = raw_kept.mean(axis=0) / raw_kept.std(axis=0, ddof=1)
     tsnr[no_finite] = np.nan
     missing = [task.seeds.names[i] for i in np.flatnonzero(~written)]
-    return Signals(bold_input, table, relmat, kept, tsnr, run_warnings, status, missing, seed_maps)
+    carpet = None
+    if extracted.voxel_seeds is not None:  # seeds of the voxels: indices among all seeds
+        seed_of = np.flatnonzero(usable)[extracted.voxel_seeds]
+        carpet = (extracted.voxel_raw, extracted.voxel_signals, seed_of)
+    return Signals(
+        bold_input, table, relmat, kept, tsnr, run_warnings, status, missing, seed_maps, carpet
+    )
+
+
+#: Sphere voxels read for a run's carpet plot (``--no-reports``: none), an equal share
+#: per seed; a plot shows no more rows than this anyway.
+CARPET_VOXELS = 600
 
 
 def run_sidecar(
@@ -606,6 +626,9 @@ def write(
             task.run.entities, atlas=task.seeds.label, desc=outputs.to_label(task.strategy.name)
         ),
     )
+    from bids_spheres.app.report import participant as participant_report
+
+    participant_report.write_carpet(task, paths, signals)  # the report's; none: removed
     log.info("wrote %s", paths.timeseries_tsv.relative_to(task.config.output_dir))
     return RunResult(
         str(task.run.bold),

@@ -14,6 +14,8 @@ processes every run -- in parallel with ``--nprocs`` or on Dask
 reason and the others go on; output that cannot be written (disk full, quota,
 read-only file system, also under the pybids index) stops the job with exit 73.
 Finished runs (same inputs and parameters) are skipped unless ``--overwrite``.
+Then, unless ``--no-reports``, each participant's ``OUTPUT_DIR/sub-<label>.html`` is
+written when missing or out of date (:mod:`bids_spheres.app.report.participant`).
 The exit code is 0 when every run was written or skipped as finished, 1 when
 some run failed or when every run was skipped (too few volumes) and none written.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +93,20 @@ def participant(config: RunConfig) -> int:
     )
 
     # dataset_description.json, .bidsignore, the seed table, README.md, logs/CITATION.*
-    dataset.write_dataset_files(config, fmriprep_root, seed_set, strategy)
+    methods = dataset.write_dataset_files(config, fmriprep_root, seed_set, strategy)
 
     tasks = _tasks(config, runs, settings, targets)
-    return execution.summarize(execution.execute(tasks, config.nprocs, config.dask_scheduler))
+    results: list[RunResult] = []  # kept for the reports (they list the failed runs)
+    code = execution.summarize(
+        _kept(execution.execute(tasks, config.nprocs, config.dask_scheduler), results)
+    )
+    if config.reports:  # one page per participant (each worker drew its runs' carpets)
+        from bids_spheres.app.report import participant as report
+
+        key, text = report.methods_key(seed_set, strategy), report.methods_html(methods)
+        labels = [run.entities["subject"] for run in runs]
+        report.write_reports(config, fmriprep_root, labels, results, {key: text})
+    return code
 
 
 def group(config: RunConfig) -> int:
@@ -168,6 +181,13 @@ def _tasks(
         )
         for run in runs
     ]
+
+
+def _kept(results: Iterable[RunResult], into: list[RunResult]) -> Iterator[RunResult]:
+    """Pass the results through as they stream in, keeping them in ``into``."""
+    for result in results:
+        into.append(result)
+        yield result
 
 
 def _matplotlib_cache(work_dir: Path) -> None:

@@ -76,6 +76,12 @@ class SphereSignals:
         voxels carrying a weight) that were NaN or inf, in [0, 1]; they count as
         0 in the means (as in nilearn), so 1 means the seed's signal is 0 only
         because no finite value was read: a caller should treat it as missing.
+    voxel_raw, voxel_signals : numpy.ndarray or None
+        Only with ``extract(..., voxel_signals=N)``: single sphere voxels (unsmoothed)
+        read in the same pass, float64 before cleaning, shape (n_volumes, n_picked),
+        and cleaned as ``signals`` are, shape (n_kept_volumes, n_picked).
+    voxel_seeds : numpy.ndarray or None
+        The seed of each picked voxel (column), shape (n_picked,).
     """
 
     signals: np.ndarray
@@ -83,6 +89,9 @@ class SphereSignals:
     sizes: np.ndarray
     coverage: np.ndarray
     nonfinite_fraction: np.ndarray
+    voxel_raw: np.ndarray | None = None
+    voxel_signals: np.ndarray | None = None
+    voxel_seeds: np.ndarray | None = None
 
 
 class NiftiSpheresMasker(BaseEstimator):
@@ -319,10 +328,15 @@ class NiftiSpheresMasker(BaseEstimator):
         signals = self._transform(imgs, confounds, sample_mask)[0]
         return wrap_output(signals, self)
 
-    def extract(self, imgs: Any, confounds: Any = None, sample_mask: Any = None) -> SphereSignals:
+    def extract(
+        self, imgs: Any, confounds: Any = None, sample_mask: Any = None, *, voxel_signals: int = 0
+    ) -> SphereSignals:
         """:meth:`transform`, plus what a caller needs to describe the spheres it read.
 
-        Same parameters as :meth:`transform`; one pass over ``imgs``.
+        Same parameters as :meth:`transform`; one pass over ``imgs``. With
+        ``voxel_signals=N`` (> 0), up to N single voxels of the spheres (an equal
+        share of each, see :func:`~bids_spheres.masker.geometry.voxel_rows`) are read
+        in that same pass and cleaned like the sphere means (e.g. for a carpet plot).
 
         Returns
         -------
@@ -331,18 +345,24 @@ class NiftiSpheresMasker(BaseEstimator):
             float64 sphere means of every volume before any cleaning, and the
             size and coverage of each sphere on the image's grid.
         """
-        signals, raw, nonfinite = self._transform(imgs, confounds, sample_mask)
+        signals, raw, nonfinite = self._transform(imgs, confounds, sample_mask, voxel_signals)
         geometry = self.geometry(imgs)
+        n, picked = geometry.n_seeds, None  # columns after n: the picked voxels
+        if voxel_signals > 0:
+            picked = spheres.voxel_rows(geometry, geometry.voxels, voxel_signals)[1]
         return SphereSignals(
-            signals=signals,
-            raw=raw,
+            signals=signals[:, :n],
+            raw=raw[:, :n],
             sizes=geometry.sizes.copy(),
             coverage=geometry.coverage,
-            nonfinite_fraction=nonfinite,
+            nonfinite_fraction=nonfinite[:n],
+            voxel_raw=None if picked is None else raw[:, n:],
+            voxel_signals=None if picked is None else signals[:, n:],
+            voxel_seeds=picked,
         )
 
     def _transform(
-        self, imgs: Any, confounds: Any, sample_mask: Any
+        self, imgs: Any, confounds: Any, sample_mask: Any, voxel_signals: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cleaned signals, raw float64 sphere means before any cleaning, non-finite fraction)."""
         check_is_fitted(self)
@@ -358,15 +378,19 @@ class NiftiSpheresMasker(BaseEstimator):
             weights_geometry = spheres.smoothing_weights(geometry, self._fwhm())
             self._log(f"smoothing folded into weights over {weights_geometry.voxels.size} voxels")
         if weights_geometry is not geometry:
-            raw, nonfinite = self._extract(
-                source, weights_geometry.voxels, weights_geometry.matrix
-            )
+            weights, columns = weights_geometry.matrix, weights_geometry.voxels
         else:
             # sums of the sphere's voxels, then divided by the voxel count: a mean
             # rounded as numpy's (and nilearn's) mean rounds it, not a sum of x / n
-            ones = geometry.matrix.astype(np.float64)
-            raw, nonfinite = self._extract(source, geometry.voxels, ones)
-            nonempty = geometry.sizes > 0
+            weights, columns = geometry.matrix.astype(np.float64), geometry.voxels
+        if voxel_signals > 0:  # single voxels as extra rows: read in the same pass
+            from scipy import sparse
+
+            rows = spheres.voxel_rows(geometry, columns, voxel_signals)[0]
+            weights = sparse.vstack([weights, rows], format="csr")
+        raw, nonfinite = self._extract(source, columns, weights)
+        if weights_geometry is geometry:
+            nonempty = np.flatnonzero(geometry.sizes > 0)  # sphere columns, not voxel rows
             raw[:, nonempty] /= geometry.sizes[nonempty]
 
         all_confounds = []

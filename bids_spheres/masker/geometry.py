@@ -51,6 +51,7 @@ __all__ = [
     "empty_spheres",
     "membership",
     "smoothing_weights",
+    "voxel_rows",
 ]
 
 _REL_TOL = 1e-9
@@ -294,6 +295,52 @@ def smoothing_weights(geometry: SphereGeometry, fwhm: float | np.ndarray) -> Sph
         full_sizes=geometry.full_sizes,
         nearest=geometry.nearest,
     )
+
+
+def voxel_rows(
+    geometry: SphereGeometry, columns: np.ndarray, max_voxels: int
+) -> tuple[sparse.csr_array, np.ndarray]:
+    """Rows that pick single sphere voxels: appended to a weight matrix, they read them.
+
+    Parameters
+    ----------
+    geometry : SphereGeometry
+        The spheres whose voxels are picked.
+    columns : numpy.ndarray
+        The sorted flat voxel indices that label the columns of the weight matrix the
+        rows are for (``geometry.voxels``, or the wider voxels of
+        :func:`smoothing_weights`); every sphere voxel must be among them.
+    max_voxels : int
+        At most this many rows: when the spheres hold more voxels, each sphere gets
+        an equal share (at least one), taken evenly along its voxels in index order.
+
+    Returns
+    -------
+    rows : scipy.sparse.csr_array
+        Shape (n_picked, len(columns)), one entry 1.0 per row (canonical CSR).
+    seeds : numpy.ndarray
+        The sphere of each row, shape (n_picked,), in sphere order.
+    """
+    nonempty = np.flatnonzero(geometry.sizes > 0)
+    total = int(geometry.sizes.sum())
+    share = total if total <= max_voxels else max(1, max_voxels // max(1, nonempty.size))
+    picked, owners = [], []
+    for seed in nonempty:
+        voxels = geometry.sphere_voxels(int(seed))
+        if voxels.size > share:
+            voxels = voxels[np.linspace(0, voxels.size - 1, share).round().astype(int)]
+        picked.append(voxels)
+        owners.append(np.full(voxels.size, seed))
+    flat = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    seeds = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
+    where = np.searchsorted(columns, flat)
+    if flat.size and (np.any(where >= columns.size) or np.any(columns[where] != flat)):
+        raise ValueError("voxel_rows: every sphere voxel must be among the columns")
+    n = flat.size
+    rows = sparse.csr_array(
+        (np.ones(n), where.astype(np.int64), np.arange(n + 1)), shape=(n, columns.size)
+    )
+    return rows, seeds.astype(np.int64)
 
 
 # --------------------------------------------------------------------------

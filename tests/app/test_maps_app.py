@@ -324,3 +324,14 @@ def test_no_group_maps_in_a_native_space(tmp_path: Path, caplog) -> None:
     assert written and not [name for name in written if "T1w" in name]
     warned = [r.getMessage() for r in caplog.records if "T1w" in r.getMessage()]
     assert len(warned) == 1 and "per subject" in warned[0] and "MNI" in warned[0]
+
+
+def test_participant_pages_of_mapped_runs_say_why_they_have_no_carpet(mapped: Path) -> None:
+    # --maps: the run's one pass is the maps' (seed_maps), which keeps no single voxels;
+    # the participant page is still written, with the other sections, and says why
+    pages = sorted(mapped.glob("sub-*.html"))
+    assert pages, "no participant report written with --maps"
+    page = pages[0].read_text(encoding="utf-8")
+    assert "No carpet: the run was processed with --no-reports or with --maps" in page
+    assert "Seeds on the participant's brain" in page
+    assert not list(mapped.glob("sub-*/figures/*_carpet.svg"))

@@ -11,7 +11,10 @@ HTML-escaped. For each (atlas, desc) pair it shows a summary, the seeds on a
 brain, the group connectome ordered by network, the motion distributions with
 the usability thresholds, the per-seed coverage, the excluded runs with their
 reasons and the seeds missing in some run; at the top, the participants of
-the input dataset that have no participant-level output.
+the input dataset that have no participant-level output. The seeds are drawn on
+the input dataset's own brain in the runs' space (a participant's fMRIPrep T1w,
+else a boldref; :func:`bids_spheres.app.report.participant.dataset_background`),
+else on a local TemplateFlow image, else in an outline.
 
 :class:`CombinationSummary` is what the page shows of one pair; the group level
 (:mod:`bids_spheres.app.group`) builds it, and this package imports nothing of it.
@@ -111,7 +114,7 @@ def render(
     if len(summaries) > 1:
         items = "".join(f"<li><a href='#{_e(s.label)}'>{_e(s.label)}</a></li>" for s in summaries)
         parts.append(f"<nav><b>Seed sets and strategies</b><ul>{items}</ul></nav>")
-    parts.extend(_combination_section(s, max_mean_fd, min_volumes) for s in summaries)
+    parts.extend(_combination_section(s, max_mean_fd, min_volumes, searched) for s in summaries)
     return PAGE.substitute(title="bids_spheres group report", body="\n".join(parts))
 
 
@@ -144,8 +147,10 @@ def _participants_section(
     return "\n".join(out)
 
 
-def _combination_section(s: CombinationSummary, max_mean_fd: float, min_volumes: int) -> str:
-    from bids_spheres.app.report import plotting
+def _combination_section(
+    s: CombinationSummary, max_mean_fd: float, min_volumes: int, searched: Sequence[str] = ()
+) -> str:
+    from bids_spheres.app.report import participant, plotting
 
     runs, seeds = s.runs, s.seeds
     usable = runs["usable"] == "yes"
@@ -177,16 +182,26 @@ def _combination_section(s: CombinationSummary, max_mean_fd: float, min_volumes:
             f"<p class='warn'>{participants_usable - s.n_participants} participant(s) with "
             "usable runs contributed no correlation.</p>"
         )
-    template = plotting.find_template(s.space)
-    background = (
-        f"drawn on the local TemplateFlow image {template.name}"
-        if template is not None
-        else "drawn in an outline of the MNI152 brain extent (no local TemplateFlow template)"
-    )
+    # the dataset's own brain in the space first, then a local TemplateFlow image
+    own = participant.dataset_background(searched, s.space)
+    template = plotting.find_template(s.space) if own is None else None
+    if own is not None:
+        background = f"drawn on {own[1]}"
+    elif template is not None:
+        background = f"drawn on the local TemplateFlow image {template.name}"
+    else:
+        background = (
+            "drawn in an outline of the MNI152 brain extent (no local TemplateFlow template)"
+        )
     out.append("<h3>Seeds</h3>")
     out.append(
         _figure(
-            plotting.seeds_figure(seeds, s.space),
+            plotting.seeds_figure(
+                seeds,
+                s.space,
+                background=None if own is None else own[0],
+                background_label=own[1] if own else "",
+            ),
             "Seed centres in three orthogonal projections, coloured by network, "
             f"{background}; hollow markers: seeds missing (n/a) in at least one run.",
         )

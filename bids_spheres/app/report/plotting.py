@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "brain_projections",
     "connectome_figure",
     "coverage_figure",
     "find_template",
@@ -97,7 +98,14 @@ def network_order(networks: Sequence[Any]) -> tuple[np.ndarray, list[str], list[
 
 
 @_plain_text
-def seeds_figure(seeds: pd.DataFrame, space: str | None = None) -> str:
+def seeds_figure(
+    seeds: pd.DataFrame,
+    space: str | None = None,
+    *,
+    background: Path | None = None,
+    background_label: str = "",
+    missing_label: str = "missing in some run",
+) -> str:
     """Seeds in three orthogonal projections on a brain, coloured by network.
 
     Parameters
@@ -107,6 +115,11 @@ def seeds_figure(seeds: pd.DataFrame, space: str | None = None) -> str:
         drawn hollow).
     space : str, optional
         Template space of the runs, used to look for a local TemplateFlow image.
+    background : Path, optional
+        A 3D image in the seeds' world space (the dataset's own T1w or boldref) drawn
+        instead of the TemplateFlow image; ``background_label`` names it on the figure.
+    missing_label : str
+        Legend entry of the hollow markers.
     """
     import matplotlib as mpl
     from matplotlib.lines import Line2D
@@ -118,7 +131,11 @@ def seeds_figure(seeds: pd.DataFrame, space: str | None = None) -> str:
     colours = _colours(groups)
     missing = seeds["fraction_missing"].to_numpy(dtype=float)
     missing = np.where(np.isfinite(missing), missing, 0.0) > 0
-    background, source = _template_projections(space)
+    background_img = None if background is None else brain_projections(background)
+    if background_img is not None:
+        background, source = background_img, background_label or Path(background).name
+    else:
+        background, source = _template_projections(space)
     rgba = np.array([mpl.colors.to_rgba(colours[label]) for label in labels]).reshape(-1, 4)
     face = np.where(missing[:, None], 0.0, rgba)
     edge = np.where(missing[:, None], rgba, np.array([0.0, 0.0, 0.0, 1.0]))
@@ -179,7 +196,7 @@ def seeds_figure(seeds: pd.DataFrame, space: str | None = None) -> str:
                 linestyle="",
                 markerfacecolor="none",
                 color="#333333",
-                label="missing in some run",
+                label=missing_label,
             )
         )
     fig.legend(
@@ -367,16 +384,38 @@ def _template_projections(
     path = find_template(space)
     if path is None:
         return None, ""
+    projections = brain_projections(path)
+    return (projections, f"TemplateFlow {path.name}") if projections is not None else (None, "")
+
+
+def brain_projections(
+    path: str | os.PathLike[str],
+) -> dict[int, tuple[np.ndarray, tuple[float, float, float, float]]] | None:
+    """Mean-intensity projections of a 3D image along x, y and z, with their mm extents.
+
+    Keyed by the axis projected away; None when the file cannot be read. An image
+    whose axes are not aligned with x, y, z (an oblique native-space grid) is first
+    resampled to an aligned grid (:func:`nibabel.processing.resample_to_output`).
+    A 4D image is reduced to the mean of its first 20 volumes.
+    """
     try:
         import nibabel as nib
 
         img = nib.load(path)
+        if len(img.shape) > 3:
+            data = np.asarray(img.dataobj[..., :20], dtype=np.float32)
+            img = nib.Nifti1Image(np.nanmean(data, axis=3), img.affine)
         affine = img.affine
         if not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3]))):
-            return None, ""
+            from nibabel.processing import resample_to_output
+
+            img = resample_to_output(img, order=1)
+            affine = img.affine
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except (OSError, ValueError):
-        return None, ""
+    except (OSError, ValueError, EOFError):
+        return None
+    if data.ndim != 3 or min(data.shape) < 1:
+        return None
     data = np.where(np.isfinite(data), data, 0)
     scale, offset = np.diag(affine)[:3].copy(), affine[:3, 3].copy()
     for axis in range(3):
@@ -393,7 +432,7 @@ def _template_projections(
         lo_v = offset[v] - scale[v] / 2
         extent = (lo_h, lo_h + scale[h] * data.shape[h], lo_v, lo_v + scale[v] * data.shape[v])
         out[away] = (image, extent)
-    return out, f"TemplateFlow {path.name}"
+    return out
 
 
 def _blocks(ordered: Sequence[str]) -> tuple[list[int], list[float], list[str]]:
