@@ -611,9 +611,17 @@ def write(
     sidecar: dict[str, Any],
     relmat_json: dict[str, Any] | None,
 ) -> RunResult:
-    """Write the timeseries and correlation matrix with their sidecars (atomic)."""
+    """Write the timeseries and correlation matrix with their sidecars (atomic).
+
+    The report's carpet (``figures/``, outside the run folder) is written first: the
+    timeseries JSON, the run's completion marker, comes last, so a job killed at any
+    point leaves either a complete run with its carpet or a run that is redone.
+    """
+    from bids_spheres.app.report import participant as participant_report
+
     paths = planned.paths
     map_files, listed = maps.run_files(task, planned, signals, sidecar)  # --maps
+    participant_report.write_carpet(task, paths, signals)  # the report's; none: removed
     outputs.write_run(
         paths,
         signals.table,
@@ -626,9 +634,6 @@ def write(
             task.run.entities, atlas=task.seeds.label, desc=outputs.to_label(task.strategy.name)
         ),
     )
-    from bids_spheres.app.report import participant as participant_report
-
-    participant_report.write_carpet(task, paths, signals)  # the report's; none: removed
     log.info("wrote %s", paths.timeseries_tsv.relative_to(task.config.output_dir))
     return RunResult(
         str(task.run.bold),
