@@ -90,7 +90,14 @@ def participant(config: RunConfig) -> int:
     )
 
     # dataset_description.json, .bidsignore, the seed table, README.md, logs/CITATION.*
-    dataset.write_dataset_files(config, fmriprep_root, seed_set, strategy)
+    templates = sorted({target.template for target in targets.values()})  # one per job
+    dataset.write_dataset_files(
+        config,
+        fmriprep_root,
+        seed_set,
+        strategy,
+        native_template=templates[0] if len(templates) == 1 else None,
+    )
 
     tasks = _tasks(config, runs, settings, targets)
     return execution.summarize(execution.execute(tasks, config.nprocs, config.dask_scheduler))

@@ -184,3 +184,25 @@ def test_maps_enter_the_parameters_only_when_asked() -> None:
     mapped = RunConfig(**base, work_dir=Path("/w"), maps=True, map_seeds=("PCC",))
     assert mapped.cleaning_parameters()["maps"] == ["PCC"]
     assert RunConfig(**base, work_dir=Path("/w"), maps=True).cleaning_parameters()["maps"] == "all"
+
+
+def test_methods_and_readme_describe_the_maps(mapped: Path) -> None:
+    methods = " ".join((mapped / "logs" / "CITATION.md").read_text().split())
+    assert "Pearson correlation r of the seed's cleaned signal" in methods
+    assert "Fisher z = arctanh(r)" in methods
+    assert "for the seeds `PCC`, `LMotor` (--map-seeds)" in methods
+    readme = (mapped / "README.md").read_text()
+    assert "_stat-fisherz_desc-<strategy>_boldmap.nii.gz" in readme
+
+
+def test_a_maps_job_updates_our_readme_but_not_a_users(demo_small, copy_demo, tmp_path) -> None:
+    data = copy_demo(demo_small, tmp_path / "ds")
+    out = tmp_path / "out"
+    assert run_participant(data.root, out) == 0
+    readme = out / "README.md"
+    assert "boldmap" not in readme.read_text()
+    assert run_participant(data.root, out, "--maps") == 0
+    assert "_stat-r_desc-<strategy>_boldmap.nii.gz" in readme.read_text()
+    readme.write_text("my notes\n")
+    assert run_participant(data.root, out, "--map-seeds", "PCC", "--overwrite") == 0
+    assert readme.read_text() == "my notes\n"
