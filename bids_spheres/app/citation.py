@@ -22,6 +22,11 @@ atomically, replacing those of an earlier invocation. The text states:
 * the cleaning in its order: detrending, the Butterworth filter (type, order,
   cut-offs, zero phase, confounds filtered too), confound regression,
   standardization (the order of :func:`bids_spheres.masker.signal.clean`);
+* for a native-space run (``--space T1w``) with template seeds: the mapping of
+  the seeds through fMRIPrep's ``from-T1w_to-<template>`` transform with
+  nitransforms (the rule of :mod:`bids_spheres.app.native`);
+* with ``--maps``: the seed-to-voxel correlation maps and their Fisher z
+  (:mod:`bids_spheres.app.maps`), and the group maps;
 * the software and the versions of the libraries that computed the numbers.
 
 Nothing here computes on data; the text only describes.
@@ -333,6 +338,7 @@ def methods(
     *,
     fmriprep_version: str | None = None,
     versions: dict[str, str] | None = None,
+    native_template: str | None = None,
 ) -> Methods:
     """The methods text of one participant-level invocation.
 
@@ -348,6 +354,10 @@ def methods(
         From the fMRIPrep dataset's ``GeneratedBy``.
     versions : dict, optional
         :func:`bids_spheres.app.provenance.software_versions` (default: read now).
+    native_template : str, optional
+        The template whose transforms carry the seeds into a native run space (the
+        one :func:`bids_spheres.app.native.find_targets` chose); when not given,
+        the text names the rule that chooses it.
 
     Returns
     -------
@@ -367,7 +377,9 @@ def methods(
             ],
         )
     )
-    text.sections.append(("Seeds and spheres", _seed_paragraphs(text, config, seed_set)))
+    text.sections.append(
+        ("Seeds and spheres", _seed_paragraphs(text, config, seed_set, native_template))
+    )
     text.sections.append(("Confounds", _confound_paragraphs(text, config, strategy)))
     text.sections.append(("Cleaning", _cleaning_paragraphs(text, config)))
     text.sections.append(
@@ -380,6 +392,8 @@ def methods(
             ],
         )
     )
+    if config.maps:
+        text.sections.append(("Seed-to-voxel maps", [_maps_paragraph(config)]))
     text.sections.append(("Software", [_software_paragraph(text, versions)]))
     return text
 
@@ -512,7 +526,9 @@ def _code_html(text: str) -> str:
     )
 
 
-def _seed_paragraphs(text: Methods, config: RunConfig, seed_set: Any) -> list[str]:
+def _seed_paragraphs(
+    text: Methods, config: RunConfig, seed_set: Any, native_template: str | None
+) -> list[str]:
     import numpy as np
 
     n = len(seed_set)
@@ -533,6 +549,7 @@ def _seed_paragraphs(text: Methods, config: RunConfig, seed_set: Any) -> list[st
         f"(`atlas-{seed_set.label}_seeds.tsv` lists their names, coordinates, radii and "
         "networks)."
     )
+    first += _native_sentence(config, seed_set, native_template)
     if given.all():
         low, high = float(radii.min()), float(radii.max())
         size = (
@@ -575,6 +592,70 @@ def _seed_paragraphs(text: Methods, config: RunConfig, seed_set: Any) -> list[st
         )
     )
     return [first, second]
+
+
+def _native_sentence(config: RunConfig, seed_set: Any, template: str | None) -> str:
+    """How template seeds reached a native run space (``""`` when they were not mapped)."""
+    from bids_spheres.app import native
+
+    candidates = native.template_candidates(seed_set.space, config.space)
+    if candidates is None:
+        return ""
+    space = config.space.split(":", 1)[0]
+    rule = ""
+    if template is None and candidates:
+        template = candidates[0]
+    elif template is None:
+        template = "<template>"
+        rule = (
+            f" `<template>` is the first of {', '.join(native.TEMPLATE_PREFERENCE)}, then of "
+            "any other MNI152 template, that has such a transform, the same for every "
+            "subject; each run sidecar's SeedTransform names it."
+        )
+    return (
+        f" The seed coordinates were mapped into each subject's {space} space through "
+        f"fMRIPrep's `from-{space}_to-{template}` ANTs composite transform "
+        f"(`_from-{space}_to-{template}_mode-image_xfm.h5` in the subject's anat folder; in "
+        f"ITK's convention the transform that resamples {space} images onto the template "
+        f"maps template points into {space}) with nitransforms {_version('nitransforms')}, "
+        "and the spheres were drawn around the mapped centres in the subject's space with "
+        "the same radii (the run sidecars give both: CoordinatesMM, NativeCoordinatesMM)." + rule
+    )
+
+
+def _maps_paragraph(config: RunConfig) -> str:
+    """The seed-to-voxel maps of ``--maps`` (:mod:`bids_spheres.app.maps`)."""
+    which = (
+        "for the seeds " + ", ".join(f"`{name}`" for name in config.map_seeds) + " (--map-seeds)"
+        if config.map_seeds
+        else "for every seed written (a seed written n/a has no map)"
+    )
+    mask = {
+        "fmriprep": "fMRIPrep's brain mask of each run",
+        "template": "the TemplateFlow brain mask of the space",
+        "none": "fMRIPrep's brain mask of each run",
+    }.get(config.mask, f"the mask file {Path(config.mask).name}")
+    return (
+        f"Seed-to-voxel maps were computed per run {which}: each seed-to-voxel map is the "
+        "Pearson correlation r of the seed's cleaned signal with the signal of every voxel "
+        f"of the brain mask ({mask}), each voxel cleaned identically (the same smoothing, "
+        "detrending, filter, confound regression, censoring and standardization as the "
+        "sphere signals, in the same pass), and its Fisher z = arctanh(r) "
+        "(`_stat-r_` and `_stat-fisherz_` boldmap files). At the group level, each "
+        "participant's Fisher z maps are averaged over its runs, then over participants "
+        "(`_stat-effect_` statmap), and the one-sample t map is mean / (sd / sqrt(n)) with "
+        "the sample standard deviation and n - 1 degrees of freedom (`_stat-t_` statmap), "
+        "over the voxels every participant's mask holds."
+    )
+
+
+def _version(distribution: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        return "(version unknown)"
 
 
 def _seed_doi(seed_set: Any) -> str | None:

@@ -19,6 +19,14 @@ shown only with ``-vv``.
 :func:`demo_main` is the ``bids_spheres-demo`` command: it builds the example
 dataset of :mod:`bids_spheres.app.demo` (once) and runs :func:`main` on it,
 participant then group level.
+
+:func:`option_spellings` lists, from the parser itself, the option strings
+whose value names a file or directory (their type is one of
+:data:`PATH_TYPES`) and the short flags that take no value: what
+:func:`bids_spheres.app.provenance.portable_command_line` needs to find every
+path in a command line, however it is spelled. Abbreviated long options are
+refused (``allow_abbrev=False``): ``--seed x.tsv`` is a usage error, not
+``--seeds``, so every option on a command line is spelled as the parser names it.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from bids_spheres import __version__
 from bids_spheres.errors import (
@@ -39,7 +48,16 @@ from bids_spheres.errors import (
     one_line,
 )
 
-__all__ = ["EXIT_CODES", "USAGE_HINT", "build_parser", "demo_main", "main"]
+__all__ = [
+    "EXIT_CODES",
+    "PATH_TYPES",
+    "USAGE_HINT",
+    "OptionSpellings",
+    "build_parser",
+    "demo_main",
+    "main",
+    "option_spellings",
+]
 
 EXIT_CODES = {
     "ok": 0,
@@ -150,6 +168,47 @@ def _existing_file(text: str) -> Path:
     return path
 
 
+def _path_or_name(text: str) -> str:
+    """The value of an option taking a built-in name or a file path, unchanged.
+
+    Its own type so that :func:`option_spellings` knows the value may be a path.
+    """
+    return text
+
+
+#: The argument types whose value names a file or directory: an option of one of these
+#: types is a path option (:func:`option_spellings`).
+PATH_TYPES = (Path, _existing_file, _path_or_name)
+
+
+class OptionSpellings(NamedTuple):
+    """The option strings :func:`option_spellings` finds in the parser."""
+
+    #: Every spelling of the options whose value is a path (``--work-dir``, ``-w``, ...).
+    paths: frozenset[str]
+    #: The short options that take no value (``-v``): argparse lets them precede a short
+    #: option in one word (``-vw/scratch``).
+    flags: frozenset[str]
+
+
+@lru_cache(maxsize=1)
+def option_spellings() -> OptionSpellings:
+    """The path options and value-less short flags of :func:`build_parser`, from its actions.
+
+    A new option whose ``type`` is in :data:`PATH_TYPES` is a path option without
+    being listed anywhere else.
+    """
+    paths: set[str] = set()
+    flags: set[str] = set()
+    # argparse has no public list of a parser's actions; ``_actions`` is the one it keeps
+    for action in build_parser()._actions:
+        if action.type in PATH_TYPES:
+            paths.update(action.option_strings)
+        elif action.nargs == 0:
+            flags.update(o for o in action.option_strings if len(o) == 2 and o[1] != "-")
+    return OptionSpellings(frozenset(paths), frozenset(flags))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The bids_spheres argument parser (BIDS-App conventions)."""
     parser = _Parser(
@@ -159,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
             "BIDS-Derivatives dataset."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument(
         "bids_dir",
@@ -218,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     spheres.add_argument(
         "--seeds",
         default="power2011",
+        type=_path_or_name,
         help="a seeds TSV (columns name x y z [radius network]) or a built-in set: "
         "power2011, dosenbach2010, seitzman2018",
     )
@@ -233,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     spheres.add_argument(
         "--mask",
         default="fmriprep",
+        type=_path_or_name,
         help="restrict spheres to: 'fmriprep' (each run's brain mask), 'template' "
         "(TemplateFlow brain mask of the space), 'none', or a mask NIfTI path",
     )
@@ -248,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument(
         "--denoise-strategy",
         default="simple",
+        type=_path_or_name,
         help="confound preset (none, simple, simple+gsr, scrubbing, scrubbing+gsr, compcor, "
         "aroma, 24p, 36p) or a strategy JSON file",
     )

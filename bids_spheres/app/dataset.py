@@ -16,7 +16,8 @@ Promise
   *used* (the seed file's, else ``--radius``), and its sidecar naming the seed
   set by its label (the ``atlas-`` entity, also the run sidecars' ``SeedSet``),
   its space, citation and source file (portable name and SHA-256);
-* ``README.md`` (when absent: a user's edits are kept);
+* ``README.md`` (when absent: a user's edits are kept; with ``--maps`` it lists the
+  map files, and replaces our own unedited README of a job without them);
 * ``logs/CITATION.md``, ``.html`` and ``.bib``: the methods text of this
   invocation (:mod:`bids_spheres.app.citation`).
 """
@@ -36,9 +37,17 @@ __all__ = ["dataset_readme", "write_dataset_files"]
 
 
 def write_dataset_files(
-    config: RunConfig, fmriprep_root: Path, seed_set: Any, strategy: Any
+    config: RunConfig,
+    fmriprep_root: Path,
+    seed_set: Any,
+    strategy: Any,
+    *,
+    native_template: str | None = None,
 ) -> citation.Methods:
     """Write the dataset-level files (see the module docstring); return the methods text.
+
+    ``native_template`` is the template whose transforms carry the seeds into a
+    native run space, for the methods text (:func:`bids_spheres.app.citation.methods`).
 
     Raises
     ------
@@ -81,16 +90,47 @@ def write_dataset_files(
             },
         },
     )
-    outputs.write_text_if_absent(output_dir, "README.md", dataset_readme())
+    readme = output_dir / "README.md"
+    if config.maps and readme.is_file() and readme.read_bytes() == dataset_readme().encode():
+        # ours, unedited, from a job without --maps: now it lists the maps too
+        outputs.atomic_write_text(readme, dataset_readme(maps=True))
+    else:
+        outputs.write_text_if_absent(output_dir, "README.md", dataset_readme(maps=config.maps))
     text = citation.methods(
-        config, seed_set, strategy, fmriprep_version=_fmriprep_version(description)
+        config,
+        seed_set,
+        strategy,
+        fmriprep_version=_fmriprep_version(description),
+        native_template=native_template,
     )
     citation.write(output_dir, text)
     return text  # also shown in each participant's report
 
 
-def dataset_readme() -> str:
-    """The ``README.md`` of the derivative dataset: what its files are, where the methods are."""
+def dataset_readme(maps: bool = False) -> str:
+    """The ``README.md`` of the derivative dataset: what its files are, where the methods are.
+
+    Parameters
+    ----------
+    maps : bool
+        List the seed-to-voxel map files too (``--maps``).
+    """
+    map_files = (
+        """- `..._atlas-<label>_seed-<seed>_stat-r_desc-<strategy>_boldmap.nii.gz` and
+  `..._stat-fisherz_desc-<strategy>_boldmap.nii.gz` (`--maps`), each with a `.json`: the
+  seed's correlation map (Pearson r with every brain-mask voxel) and its Fisher z.
+"""
+        if maps
+        else ""
+    )
+    group_maps = (
+        """- `group/space-<space>_atlas-<label>_seed-<seed>_stat-effect_desc-<strategy>_statmap.nii.gz`
+  and `..._stat-t_desc-<strategy>_statmap.nii.gz`: the mean Fisher z across participants and
+  its one-sample t map, when the group level was run.
+"""  # noqa: E501 (a file name)
+        if maps
+        else ""
+    )
     return f"""# bids_spheres derivatives
 
 Sphere (seed) timeseries extracted from fMRIPrep outputs by bids_spheres {__version__}
@@ -113,8 +153,8 @@ Sphere (seed) timeseries extracted from fMRIPrep outputs by bids_spheres {__vers
   `GeneratedBy`, `CommandLine` and `SoftwareVersions`.
 - `..._meas-PearsonCorrelation_desc-<strategy>_relmat.tsv` / `.json`: the run's
   seed-by-seed correlation matrix.
-- `group/`: the group level (QC tables, connectome, report), when it was run.
-- `logs/CITATION.md`, `CITATION.html`, `CITATION.bib`: a methods section written from
+{map_files}- `group/`: the group level (QC tables, connectome, report), when it was run.
+{group_maps}- `logs/CITATION.md`, `CITATION.html`, `CITATION.bib`: a methods section written from
   the parameters used, with its references.
 
 No JSON, TSV or methods file names an absolute path, so the dataset can be moved, or

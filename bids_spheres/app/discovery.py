@@ -419,29 +419,15 @@ def make_layout(
         layout = _checked(_index(root, None, ignore), before_saving)
         _save(layout, db_dir, name, reset=reset)
         return layout
-    with _exclusive_lock(_lock_path(db_dir, name)):
-        if db_file.is_file() and not reset:  # another process built it while we waited
-            return _checked(_index(root, final, ignore), before_saving)
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=db_dir))
-        except OSError as err:
-            raise OutputError(
-                f"cannot write in the pybids database folder {db_dir} ({err.strerror}); give "
-                "a writable --work-dir"
-            ) from err
-        try:
-            building = _checked(_index(root, tmp, ignore), before_saving)
-            building.session.close()
-            building.connection_manager.engine.dispose()
-            del building
-            os.chmod(tmp, 0o755)
-            _publish(tmp, final, replace=reset)
-        except OSError as err:
-            raise OutputError(
-                f"cannot write the pybids database in {db_dir} ({err}); give a writable --work-dir"
-            ) from err
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
+        building = _checked(_index(root, tmp, ignore), before_saving)
+        building.session.close()
+        building.connection_manager.engine.dispose()
+
+    if not _write_index(db_dir, name, build, reset=reset):
+        # another process built it while we waited
+        return _checked(_index(root, final, ignore), before_saving)
     return _index(root, final, ignore)
 
 
@@ -821,10 +807,27 @@ def _save(layout: BIDSLayout, db_dir: Path, name: str, *, reset: bool) -> None:
             f"cannot create the pybids database folder {db_dir} ({err.strerror}); give a "
             "writable --work-dir"
         ) from err
+    # (False when another process saved the same index meanwhile: nothing left to do)
+    _write_index(db_dir, name, lambda tmp: layout.save(tmp, replace_connection=False), reset=reset)
+
+
+def _write_index(db_dir: Path, name: str, fill: Callable[[Path], object], *, reset: bool) -> bool:
+    """Write the index ``db_dir/name`` through ``fill(temporary folder)``, under its lock.
+
+    The folder is filled, made readable, then renamed into place
+    (:func:`_publish`); a failure leaves no temporary folder. Returns False, without
+    calling ``fill``, when the index is there and ``reset`` is false (another process
+    wrote it while this one waited for the lock).
+
+    Raises
+    ------
+    OutputError
+        If ``db_dir`` is not writable or writing fails.
+    """
     final = db_dir / name
     with _exclusive_lock(_lock_path(db_dir, name)):
         if (final / "layout_index.sqlite").is_file() and not reset:
-            return  # another process saved the same index meanwhile
+            return False
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=db_dir))
         except OSError as err:
@@ -833,7 +836,7 @@ def _save(layout: BIDSLayout, db_dir: Path, name: str, *, reset: bool) -> None:
                 "a writable --work-dir"
             ) from err
         try:
-            layout.save(tmp, replace_connection=False)
+            fill(tmp)
             os.chmod(tmp, 0o755)
             _publish(tmp, final, replace=reset)
         except OSError as err:
@@ -842,6 +845,7 @@ def _save(layout: BIDSLayout, db_dir: Path, name: str, *, reset: bool) -> None:
             ) from err
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    return True
 
 
 def _inside(root: Path, folders: Sequence[os.PathLike | str]) -> tuple[str, ...]:

@@ -38,9 +38,12 @@ import platform
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bids_spheres import __version__
+
+if TYPE_CHECKING:
+    from bids_spheres.app.cli import OptionSpellings
 
 __all__ = [
     "CODE_URL",
@@ -92,20 +95,6 @@ SOFTWARE: dict[str, str] = {
     "isal": "isal",
     "joblib": "joblib",
 }
-
-# Options whose value is a path (the CLI's spellings); their value is made portable.
-_PATH_OPTIONS = frozenset(
-    {
-        "--work-dir",
-        "-w",
-        "--bids-database-dir",
-        "--derivatives",
-        "--bids-filter-file",
-        "--seeds",
-        "--mask",
-        "--denoise-strategy",
-    }
-)
 
 
 def portable_path(
@@ -247,8 +236,15 @@ def portable_command_line(
     argv: Sequence[str],
     positional: Mapping[str, str | os.PathLike[str]],
     links: Mapping[str, str | os.PathLike[str]],
+    spellings: OptionSpellings | None = None,
 ) -> list[str]:
     """The command line with each path replaced by a name that does not depend on mounts.
+
+    A path option's value is found in every form argparse takes it: ``--opt VALUE``,
+    ``--opt=VALUE``, ``-w VALUE``, ``-wVALUE``, ``-w=VALUE`` and after value-less
+    short flags in the same word (``-vw/scratch``). Abbreviated long options are
+    refused by the parser (:func:`bids_spheres.app.cli.build_parser`), so each
+    option appears as the parser spells it.
 
     Parameters
     ----------
@@ -261,6 +257,9 @@ def portable_command_line(
     links : Mapping[str, path-like]
         As in :func:`portable_path`, for the values of path options
         (``--seeds``, ``--mask``, ``--work-dir``, ...).
+    spellings : OptionSpellings, optional
+        The path options and value-less short flags; default: those of the
+        app's parser (:func:`bids_spheres.app.cli.option_spellings`).
 
     Returns
     -------
@@ -268,21 +267,57 @@ def portable_command_line(
     """
     if not argv:
         return []
+    if spellings is None:
+        from bids_spheres.app.cli import option_spellings
+
+        spellings = option_spellings()
     places = {os.path.abspath(os.fspath(p)): key for key, p in positional.items()}
     out = [Path(argv[0]).name]
     after_path_option = False
     for token in argv[1:]:
-        option, eq, value = token.partition("=")
         if after_path_option:
             out.append(_portable_arg(token, places, links))
-        elif eq and option in _PATH_OPTIONS:
-            out.append(f"{option}={_portable_arg(value, places, links)}")
-        elif not token.startswith("-") and os.path.abspath(token) in places:
-            out.append(places[os.path.abspath(token)])
-        else:
+            after_path_option = False
+            continue
+        if token == "--" or not token.startswith("-"):
+            absolute = os.path.abspath(token) if token != "--" else None
+            out.append(places.get(absolute, token) if absolute else token)
+            continue
+        option, value = _attached_value(token, spellings)
+        if option is None:
             out.append(token)
-        after_path_option = token in _PATH_OPTIONS
+        elif value is None:
+            out.append(token)
+            after_path_option = True
+        else:
+            out.append(f"{option}{_portable_arg(value, places, links)}")
     return out
+
+
+def _attached_value(token: str, spellings: OptionSpellings) -> tuple[str | None, str | None]:
+    """``(the word up to a path option's value, the value)`` for a word naming a path option.
+
+    ``(None, None)`` when the word names no path option; ``(token, None)`` when the
+    value is the next word.
+    """
+    if token in spellings.paths:
+        return token, None
+    option, eq, value = token.partition("=")
+    if eq and option in spellings.paths:
+        return f"{option}=", value
+    if token.startswith("--"):
+        return None, None
+    # short options in one word: value-less flags, then perhaps a path option and its value
+    for end in range(2, len(token) + 1):
+        short = f"-{token[end - 1]}"
+        if short in spellings.paths:
+            rest = token[end:]
+            if not rest:
+                return token, None
+            return (token[: end + 1], rest[1:]) if rest.startswith("=") else (token[:end], rest)
+        if short not in spellings.flags:
+            return None, None
+    return None, None
 
 
 def _portable_arg(

@@ -93,7 +93,14 @@ def participant(config: RunConfig) -> int:
     )
 
     # dataset_description.json, .bidsignore, the seed table, README.md, logs/CITATION.*
-    methods = dataset.write_dataset_files(config, fmriprep_root, seed_set, strategy)
+    templates = sorted({target.template for target in targets.values()})  # one per job
+    methods = dataset.write_dataset_files(
+        config,
+        fmriprep_root,
+        seed_set,
+        strategy,
+        native_template=templates[0] if len(templates) == 1 else None,
+    )
 
     tasks = _tasks(config, runs, settings, targets)
     results: list[RunResult] = []  # kept for the reports (they list the failed runs)

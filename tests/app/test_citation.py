@@ -5,6 +5,7 @@ Also the output dataset's README.md and the repository's LICENSE and CITATION.cf
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import run_participant
 
-from bids_spheres.app import citation, confounds, provenance, seeds
+from bids_spheres.app import citation, confounds, dataset, provenance, seeds
 from bids_spheres.app.config import RunConfig
 from bids_spheres.app.demo import DemoInfo
 
@@ -161,3 +162,54 @@ def test_builtin_seed_sets_cite_their_paper(name: str, tmp_path: Path) -> None:
     text = citation.methods(_config(tmp_path), seed_set, confounds.load_strategy("none"))
     doi = re.search(r"doi:(10\.\S+)$", seed_set.citation)[1]
     assert any(entry.get("doi") == doi for entry in text.references.values())
+
+
+def _flat(text: citation.Methods) -> str:
+    return " ".join(citation.render_markdown(text).split())
+
+
+def test_native_space_and_maps_are_described_only_when_used(tmp_path: Path) -> None:
+    power, simple = seeds.load("power2011"), confounds.load_strategy("simple")
+    nitransforms = importlib.metadata.version("nitransforms")
+    plain = _flat(citation.methods(_config(tmp_path), power, simple))
+    native = _flat(
+        citation.methods(
+            _config(tmp_path, space="T1w"), power, simple, native_template="MNI152NLin6Asym"
+        )
+    )
+    for phrase in (
+        "mapped into each subject's T1w space",
+        "fMRIPrep's `from-T1w_to-MNI152NLin6Asym` ANTs composite transform",
+        f"with nitransforms {nitransforms}",
+        "with the same radii",
+    ):
+        assert phrase in native, phrase
+    # the template chosen from the transforms present is named when known, else the rule
+    generic = _flat(citation.methods(_config(tmp_path, space="T1w:res-native"), power, simple))
+    assert "`from-T1w_to-<template>`" in generic and "MNI152NLin2009cAsym" in generic
+    mapped = _flat(citation.methods(_config(tmp_path, maps=True), power, simple))
+    for phrase in (
+        "seed-to-voxel map",
+        "Pearson correlation r of the seed's cleaned signal with the signal of every voxel "
+        "of the brain mask",
+        "cleaned identically",
+        "Fisher z = arctanh(r)",
+        "for every seed written",
+    ):
+        assert phrase in mapped, phrase
+    chosen = _flat(
+        citation.methods(_config(tmp_path, maps=True, map_seeds=("PCC", "LMotor")), power, simple)
+    )
+    assert "for the seeds `PCC`, `LMotor` (--map-seeds)" in chosen
+    for phrase in ("nitransforms", "from-T1w_to-", "arctanh", "seed-to-voxel"):
+        assert phrase not in plain, phrase
+    assert "arctanh" not in native and "nitransforms" not in mapped
+
+
+def test_dataset_readme_lists_the_maps_only_with_maps() -> None:
+    assert "boldmap" not in dataset.dataset_readme()
+    text = dataset.dataset_readme(maps=True)
+    assert "_stat-r_desc-<strategy>_boldmap.nii.gz" in text
+    assert "_stat-fisherz_desc-<strategy>_boldmap.nii.gz" in text
+    assert "_stat-effect_desc-<strategy>_statmap.nii.gz" in text
+    assert "_stat-t_desc-<strategy>_statmap.nii.gz" in text

@@ -335,3 +335,25 @@ def test_participant_pages_of_mapped_runs_say_why_they_have_no_carpet(mapped: Pa
     assert "No carpet: the run was processed with --no-reports or with --maps" in page
     assert "Seeds on the participant's brain" in page
     assert not list(mapped.glob("sub-*/figures/*_carpet.svg"))
+
+
+def test_methods_and_readme_describe_the_maps(mapped: Path) -> None:
+    methods = " ".join((mapped / "logs" / "CITATION.md").read_text().split())
+    assert "Pearson correlation r of the seed's cleaned signal" in methods
+    assert "Fisher z = arctanh(r)" in methods
+    assert "for the seeds `PCC`, `LMotor` (--map-seeds)" in methods
+    readme = (mapped / "README.md").read_text()
+    assert "_stat-fisherz_desc-<strategy>_boldmap.nii.gz" in readme
+
+
+def test_a_maps_job_updates_our_readme_but_not_a_users(demo_small, copy_demo, tmp_path) -> None:
+    data = copy_demo(demo_small, tmp_path / "ds")
+    out = tmp_path / "out"
+    assert run_participant(data.root, out) == 0
+    readme = out / "README.md"
+    assert "boldmap" not in readme.read_text()
+    assert run_participant(data.root, out, "--maps") == 0
+    assert "_stat-r_desc-<strategy>_boldmap.nii.gz" in readme.read_text()
+    readme.write_text("my notes\n")
+    assert run_participant(data.root, out, "--map-seeds", "PCC", "--overwrite") == 0
+    assert readme.read_text() == "my notes\n"

@@ -127,6 +127,11 @@ def test_signal_at_the_native_location_is_recovered_in_its_seed_column(
         assert sidecar["SeedSpace"] == "MNI152NLin2009cAsym"
         assert sidecar["Warnings"] == []
 
+    # the methods text says how the seeds got there; the MNI-space one does not
+    methods = " ".join((out / "logs" / "CITATION.md").read_text().split())
+    assert "fMRIPrep's `from-T1w_to-MNI152NLin2009cAsym` ANTs composite transform" in methods
+    assert "nitransforms" not in (base / "mni_before" / "out" / "logs" / "CITATION.md").read_text()
+
     # the seed table stays the template one
     table = _table(out / "atlas-demoseeds_seeds.tsv")
     assert table[["x", "y", "z"]].to_numpy().tolist() == [list(s.xyz) for s in DEMO_SEEDS]

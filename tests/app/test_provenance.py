@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import run_participant
 
-from bids_spheres.app import provenance
+from bids_spheres.app import cli, provenance
 from bids_spheres.app.demo import DemoInfo
 
 _TEXT_SUFFIXES = {".json", ".tsv", ".md", ".bib", ".html", ".bidsignore"}
@@ -201,3 +201,105 @@ def test_portable_names(tmp_path: Path) -> None:
     assert provenance.dataset_links(tmp_path / "o", roots, templateflow=True)["templateflow"] == (
         provenance.TEMPLATEFLOW_URL
     )
+
+
+def _files_outside(base: Path, data: DemoInfo) -> dict[str, Path]:
+    """Input files outside the dataset (a seeds TSV, a mask, a strategy, a filter file)."""
+    _copy_with_files(data, lambda info, dest: info, base)  # the mask and strategy files
+    elsewhere = base / "elsewhere"
+    shutil.copy2(data.seeds_tsv, elsewhere / "myseeds.tsv")
+    (elsewhere / "filter.json").write_text('{"bold": {"acquisition": null}}\n')
+    return {
+        "seeds": elsewhere / "myseeds.tsv",
+        "mask": elsewhere / "brain.nii.gz",
+        "strategy": elsewhere / "mystrategy.json",
+        "filter": elsewhere / "filter.json",
+        "work": base / "scratch" / "w2",
+        "db": base / "scratch" / "db",
+    }
+
+
+# Every way argparse takes a path option's value (issue: a cold review found
+# ``-w/scratch/w2`` and ``--opt=VALUE`` written verbatim into the run sidecar).
+SPELLINGS = {
+    "equals": lambda f: [
+        f"--seeds={f['seeds']}", f"--work-dir={f['work']}", f"--mask={f['mask']}",
+        f"--denoise-strategy={f['strategy']}", f"--bids-database-dir={f['db']}",
+        f"--bids-filter-file={f['filter']}",
+    ],
+    "attached short": lambda f: ["--seeds", str(f["seeds"]), f"-w{f['work']}"],
+    "short after a flag": lambda f: ["--seeds", str(f["seeds"]), f"-qw{f['work']}"],
+    "short equals": lambda f: ["--seeds", str(f["seeds"]), f"-w={f['work']}"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS, ids=list(SPELLINGS))
+def test_no_absolute_path_in_the_sidecars_whatever_the_spelling(
+    demo_small: DemoInfo, copy_demo, tmp_path: Path, spelling: str
+) -> None:
+    data = copy_demo(demo_small, tmp_path / "ds")
+    files = _files_outside(tmp_path, data)
+    out = tmp_path / "out"
+    options = SPELLINGS[spelling](files)
+    assert cli.main([str(data.root), str(out), "participant", *options]) == 0
+    assert sorted(out.glob("sub-*/func/*_timeseries.json"))
+    for path in sorted(out.rglob("*.json")):
+        if ".work" in path.parts:
+            continue
+        text = path.read_text(encoding="utf-8")
+        for root in {str(tmp_path), str(tmp_path.resolve())}:
+            assert root not in text, f"{path.name} holds an absolute path: {options}"
+    command = _sidecar(out)["CommandLine"]
+    assert "myseeds.tsv" in " ".join(command)
+    assert any(word.endswith("<work_dir>") for word in command), command
+
+
+def test_abbreviated_options_are_refused(
+    demo_small: DemoInfo, copy_demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse would take ``--seed`` for ``--seeds``: a spelling the sidecar cannot know."""
+    data = copy_demo(demo_small, tmp_path / "ds")
+    files = _files_outside(tmp_path, data)
+    out = tmp_path / "out"
+    argv = [str(data.root), str(out), "participant", "--seed", str(files["seeds"])]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 64
+    assert "unrecognized arguments: --seed" in capsys.readouterr().err
+    assert not out.exists()
+    # the BIDS-Apps spellings are aliases, not abbreviations
+    args = cli.build_parser().parse_args(["in", "o", "participant", "--participant_label", "01"])
+    assert args.participant_label == ["01"]
+
+
+def test_every_path_option_spelling_is_made_portable(tmp_path: Path) -> None:
+    """Each option whose type is a path, in each form argparse accepts, for a path outside."""
+    parser = cli.build_parser()
+    spellings = cli.option_spellings()
+    path_dests = {
+        action.dest
+        for action in parser._actions  # the parser's own list: a new path option is in it
+        if action.option_strings and action.type in cli.PATH_TYPES
+    }
+    assert path_dests == {
+        "seeds", "mask", "denoise_strategy", "work_dir", "bids_database_dir", "derivatives",
+        "bids_filter_file",
+    }  # fmt: skip
+    covered = {
+        action.dest for action in parser._actions if set(action.option_strings) & spellings.paths
+    }
+    assert covered == path_dests
+    assert spellings.flags == {"-h", "-v", "-q"}
+    value = str(tmp_path / "elsewhere" / "file.tsv")
+    for option in sorted(spellings.paths):
+        forms = [[option, value], [f"{option}={value}"]]
+        if not option.startswith("--"):
+            forms += [[f"{option}{value}"], [f"-v{option[1]}{value}"], [f"-qv{option[1]}{value}"]]
+        for form in forms:
+            line = provenance.portable_command_line(["bids_spheres", *form], {}, {})
+            assert str(tmp_path) not in " ".join(line), line
+            assert line[-1].endswith("file.tsv"), line
+    # a keyword stays itself; a flag's own word is kept
+    assert provenance.portable_command_line(
+        ["bids_spheres", "--mask=template", "-vv", "--seeds", "power2011"], {}, {}
+    ) == ["bids_spheres", "--mask=template", "-vv", "--seeds", "power2011"]

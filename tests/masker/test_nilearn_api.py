@@ -177,7 +177,8 @@ def test_empty_and_overlap_errors_are_raised_by_transform_not_fit() -> None:
 
 
 def test_set_output_pandas_and_polars() -> None:
-    pl = pytest.importorskip("polars")
+    import polars as pl  # in the test extra: a missing polars fails, never skips
+
     img = _img4d()
     masker = NiftiSpheresMasker([(1, 1, 1), (3, 3, 3)], radius=1).fit()
     plain = masker.transform(img)

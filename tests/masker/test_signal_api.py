@@ -10,6 +10,7 @@ import inspect
 import warnings
 from pathlib import Path
 
+import nilearn.signal as nilearn_signal  # the test extra pins nilearn: never a skip
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,8 +27,6 @@ from bids_spheres.masker.signal import (
     row_sum_of_squares,
     standardize_signal,
 )
-
-nilearn_signal = pytest.importorskip("nilearn.signal")
 
 
 def _data(n: int = 80, k: int = 4, seed: int = 0) -> np.ndarray:
