@@ -8,18 +8,17 @@ import shutil
 import warnings
 from pathlib import Path
 
+import nilearn.interfaces.fmriprep as nilearn_fmriprep
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
+from nilearn.interfaces.fmriprep.load_confounds_scrub import optimize_scrub
 
 from bids_spheres.app import confounds as C
 from bids_spheres.errors import DataError, MissingInputError, UsageError
-
-nilearn_fmriprep = pytest.importorskip("nilearn.interfaces.fmriprep")
-from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy  # noqa: E402
-from nilearn.interfaces.fmriprep.load_confounds_scrub import optimize_scrub  # noqa: E402
 
 NILEARN_DATA = Path(nilearn_fmriprep.__file__).parent / "data"
 

@@ -9,12 +9,11 @@ import threading
 import time
 from pathlib import Path
 
+import distributed
 import pytest
 
-distributed = pytest.importorskip("distributed")
-
-from bids_spheres.app.cli import main  # noqa: E402
-from bids_spheres.app.demo import DemoInfo  # noqa: E402
+from bids_spheres.app.cli import main
+from bids_spheres.app.demo import DemoInfo
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,8 @@ def test_real_scan_from_nibabel() -> None:
     assert ours.shape == (img.shape[3], 2)
     np.testing.assert_allclose(ours.mean(axis=0), 0, atol=1e-6)
     np.testing.assert_allclose(ours.std(axis=0), 1, rtol=1e-5)
-    nilearn_maskers = pytest.importorskip("nilearn.maskers")
+    import nilearn.maskers as nilearn_maskers
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = nilearn_maskers.NiftiSpheresMasker(seeds, radius=8.0).fit_transform(path)

@@ -22,13 +22,12 @@ from __future__ import annotations
 import warnings
 
 import nibabel as nib
+import nilearn.maskers as nilearn_maskers
 import numpy as np
 import pytest
+from nilearn.maskers.nifti_spheres_masker import apply_mask_and_get_affinity
 
 from bids_spheres import NiftiSpheresMasker
-
-nilearn_maskers = pytest.importorskip("nilearn.maskers")
-from nilearn.maskers.nifti_spheres_masker import apply_mask_and_get_affinity  # noqa: E402
 
 N_CASES = 48
 MIN_COMPARED = 30

@@ -8,6 +8,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import nilearn.signal as nilearn_signal
 import numpy as np
 import pytest
 from scipy import linalg
@@ -22,8 +23,6 @@ from bids_spheres.masker.signal import (
     normalize_sample_mask,
     standardize,
 )
-
-nilearn_signal = pytest.importorskip("nilearn.signal")
 
 
 def _data(n: int = 80, k: int = 4, seed: int = 0) -> np.ndarray:
