@@ -38,9 +38,10 @@ import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import NoReturn
 
 from bids_spheres import __version__
+from bids_spheres.app.provenance import OptionSpellings
 from bids_spheres.errors import (
     INTERNAL_ERROR_EXIT_CODE,
     BidsSpheresError,
@@ -179,16 +180,6 @@ def _path_or_name(text: str) -> str:
 #: The argument types whose value names a file or directory: an option of one of these
 #: types is a path option (:func:`option_spellings`).
 PATH_TYPES = (Path, _existing_file, _path_or_name)
-
-
-class OptionSpellings(NamedTuple):
-    """The option strings :func:`option_spellings` finds in the parser."""
-
-    #: Every spelling of the options whose value is a path (``--work-dir``, ``-w``, ...).
-    paths: frozenset[str]
-    #: The short options that take no value (``-v``): argparse lets them precede a short
-    #: option in one word (``-vw/scratch``).
-    flags: frozenset[str]
 
 
 @lru_cache(maxsize=1)
@@ -447,9 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bids_spheres.app import workflow
         from bids_spheres.app.config import RunConfig
 
+        spellings = option_spellings()  # carried to the runs: provenance never imports us
         config = dataclasses.replace(
             RunConfig.from_args(args),
             command_line=("bids_spheres", *(sys.argv[1:] if argv is None else argv)),
+            path_options=tuple(sorted(spellings.paths)),
+            short_flags=tuple(sorted(spellings.flags)),
         )
         if config.analysis_level == "participant":
             return workflow.participant(config)

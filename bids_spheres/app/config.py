@@ -132,6 +132,10 @@ class RunConfig:
     #: The command line as given (program name first), for provenance only: it never
     #: enters the parameters hash (bids_spheres.app.provenance.portable_command_line).
     command_line: tuple[str, ...] = ()
+    #: The parser's path options and value-less short flags (set by the CLI from
+    #: bids_spheres.app.cli.option_spellings), to make ``command_line`` portable.
+    path_options: tuple[str, ...] = ()
+    short_flags: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

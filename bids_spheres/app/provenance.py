@@ -38,12 +38,9 @@ import platform
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from bids_spheres import __version__
-
-if TYPE_CHECKING:
-    from bids_spheres.app.cli import OptionSpellings
 
 __all__ = [
     "CODE_URL",
@@ -54,6 +51,7 @@ __all__ = [
     "SOFTWARE",
     "TEMPLATEFLOW_LINK",
     "TEMPLATEFLOW_URL",
+    "OptionSpellings",
     "container",
     "dataset_links",
     "generated_by",
@@ -232,11 +230,26 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+class OptionSpellings(NamedTuple):
+    """The option strings of the app's parser that :func:`portable_command_line` needs.
+
+    Built by :func:`bids_spheres.app.cli.option_spellings` from the parser itself and
+    carried to the runs in :class:`~bids_spheres.app.config.RunConfig`
+    (``path_options``, ``short_flags``): this module never imports the CLI.
+    """
+
+    #: Every spelling of the options whose value is a path (``--work-dir``, ``-w``, ...).
+    paths: frozenset[str]
+    #: The short options that take no value (``-v``): argparse lets them precede a short
+    #: option in one word (``-vw/scratch``).
+    flags: frozenset[str]
+
+
 def portable_command_line(
     argv: Sequence[str],
     positional: Mapping[str, str | os.PathLike[str]],
     links: Mapping[str, str | os.PathLike[str]],
-    spellings: OptionSpellings | None = None,
+    spellings: OptionSpellings,
 ) -> list[str]:
     """The command line with each path replaced by a name that does not depend on mounts.
 
@@ -257,9 +270,9 @@ def portable_command_line(
     links : Mapping[str, path-like]
         As in :func:`portable_path`, for the values of path options
         (``--seeds``, ``--mask``, ``--work-dir``, ...).
-    spellings : OptionSpellings, optional
-        The path options and value-less short flags; default: those of the
-        app's parser (:func:`bids_spheres.app.cli.option_spellings`).
+    spellings : OptionSpellings
+        The path options and value-less short flags of the app's parser
+        (:func:`bids_spheres.app.cli.option_spellings`).
 
     Returns
     -------
@@ -267,10 +280,6 @@ def portable_command_line(
     """
     if not argv:
         return []
-    if spellings is None:
-        from bids_spheres.app.cli import option_spellings
-
-        spellings = option_spellings()
     places = {os.path.abspath(os.fspath(p)): key for key, p in positional.items()}
     out = [Path(argv[0]).name]
     after_path_option = False

@@ -576,7 +576,12 @@ def run_sidecar(
         "SoftwareVersions": provenance.software_versions(),
         "GeneratedBy": [provenance.generated_by()],
         "CommandLine": provenance.portable_command_line(
-            config.command_line, _command_line_places(config), links
+            config.command_line,
+            _command_line_places(config),
+            links,
+            provenance.OptionSpellings(
+                frozenset(config.path_options), frozenset(config.short_flags)
+            ),
         ),
         "ParametersHash": planned.digest,
         **_relmat_note(len(seed_set)),

@@ -296,10 +296,10 @@ def test_every_path_option_spelling_is_made_portable(tmp_path: Path) -> None:
         if not option.startswith("--"):
             forms += [[f"{option}{value}"], [f"-v{option[1]}{value}"], [f"-qv{option[1]}{value}"]]
         for form in forms:
-            line = provenance.portable_command_line(["bids_spheres", *form], {}, {})
+            line = provenance.portable_command_line(["bids_spheres", *form], {}, {}, spellings)
             assert str(tmp_path) not in " ".join(line), line
             assert line[-1].endswith("file.tsv"), line
     # a keyword stays itself; a flag's own word is kept
     assert provenance.portable_command_line(
-        ["bids_spheres", "--mask=template", "-vv", "--seeds", "power2011"], {}, {}
+        ["bids_spheres", "--mask=template", "-vv", "--seeds", "power2011"], {}, {}, spellings
     ) == ["bids_spheres", "--mask=template", "-vv", "--seeds", "power2011"]
