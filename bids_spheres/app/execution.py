@@ -133,6 +133,7 @@ def stop_workers(timeout: float = 5.0) -> None:
     pools = list(_LIVE_POOLS)
     if not pools:
         return
+    _quiet_closed_pipes()
     # the pools' workers and the indexing child: this process's multiprocessing children
     # less those it had before its first live pool (a host application's own)
     foreign = set.intersection(*(pool.foreign for pool in pools))
@@ -152,6 +153,34 @@ def stop_workers(timeout: float = 5.0) -> None:
 
 # --------------------------------------------------------------------------
 # private helpers
+
+
+def _quiet_closed_pipes() -> None:
+    """Once the workers are being stopped, drop EBADF from the pools' own threads.
+
+    Terminating a ProcessPoolExecutor's workers races with the feeder thread of its
+    call queue (multiprocessing.queues ``QueueFeederThread``), which may then write
+    to or close a pipe already closed and print ``OSError: [Errno 9] Bad file
+    descriptor`` after our one-line stop message (a known CPython race, e.g.
+    python/cpython#84176; Python 3.14 adds ``terminate_workers``). Only that error,
+    only in threads other than the main one, only from here on: anything else is
+    reported by the previous hook.
+    """
+    previous = threading.excepthook
+    if getattr(previous, "_bids_spheres_quiet", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if (
+            isinstance(args.exc_value, OSError)
+            and args.exc_value.errno == errno.EBADF
+            and args.thread is not threading.main_thread()
+        ):
+            return
+        previous(args)
+
+    hook._bids_spheres_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 _LIVE_POOLS: set[_pool] = set()

@@ -209,3 +209,30 @@ def test_sigkill_of_the_coordinator_leaves_no_worker(
     proc.send_signal(signal.SIGKILL)
     _check_nothing_left(proc, seen, out)  # the workers removed their own temporary files
     assert proc.returncode == -signal.SIGKILL
+
+
+_PIPES = """
+import errno, threading
+from bids_spheres.app import execution
+
+def fail(code):
+    raise OSError(code, "from a pool thread")
+
+execution._quiet_closed_pipes()  # what stop_workers does first
+execution._quiet_closed_pipes()  # twice: still one hook
+for code in (errno.EBADF, errno.EIO):
+    thread = threading.Thread(target=fail, args=(code,), name="QueueFeederThread")
+    thread.start()
+    thread.join()
+"""
+
+
+def test_a_stop_drops_only_the_pools_closed_pipe_errors() -> None:
+    # terminating a pool's workers races with its queue feeder thread (a CPython race):
+    # its EBADF must not print a traceback after the one-line stop message; any other
+    # error of a thread still does
+    done = subprocess.run(
+        [sys.executable, "-c", _PIPES], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "Errno 9" not in done.stderr, done.stderr
+    assert "[Errno 5] from a pool thread" in done.stderr, done.stderr
