@@ -246,8 +246,12 @@ def plan(task: RunTask) -> Plan:
         "inputs": {role: _file_stamp(path, links) for role, path in input_files(task).items()},
     }
     digest = outputs.params_hash(params)
-    # left by a killed earlier run; never through a link out of output_dir
-    outputs.remove_stale_temps(paths.directory, root=config.output_dir)
+    # left by a killed earlier run (in the run's folder and in figures/, where its
+    # carpet is written first); never through a link out of output_dir
+    from bids_spheres.app.report import participant as participant_report
+
+    for folder in (paths.directory, participant_report.carpet_path(paths).parent):
+        outputs.remove_stale_temps(folder, root=config.output_dir)
     finished = not config.overwrite and outputs.is_complete(paths, digest)
     return Plan(paths, digest, finished)
 

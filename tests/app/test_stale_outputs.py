@@ -359,3 +359,20 @@ def test_hash_of_a_mask_file_does_not_depend_on_its_directory(
     assert a == b
     _same_size_edit(two)
     assert run.plan(_task(small.root, tmp_path / "out", mask=str(two))).digest != a
+
+
+def test_a_killed_runs_carpet_temp_is_removed_on_rerun(small: DemoInfo, tmp_path: Path) -> None:
+    # the carpet is written first, into figures/: a job killed there leaves its temporary
+    # file beside the carpets, and the rerun's plan removes it as it does in the run folder
+    out = tmp_path / "out"
+    assert _cli(small.root, out) == 0
+    (carpet,) = out.glob("sub-*/figures/*_carpet.svg")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    stale = carpet.with_name(f".{carpet.name}.tmp-{outputs._HOST}-{int(dead.stdout)}-0123abcd")
+    stale.write_text("<svg")
+    assert _cli(small.root, out) == 0
+    assert not stale.exists()
+    assert carpet.is_file()
