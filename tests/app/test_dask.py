@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import distributed
 import pytest
+from cli_helpers import run_outputs
 
 from bids_spheres.app.cli import main
 from bids_spheres.app.demo import DemoInfo
@@ -35,21 +35,6 @@ def cluster():
         yield local
 
 
-def _outputs(out: Path) -> dict[str, bytes]:
-    """Every run file's bytes; a timeseries sidecar without its ``CommandLine`` (the runs
-    compared were started with other options: --dask-scheduler, --nprocs)."""
-    files = {}
-    for p in sorted(out.rglob("sub-*/**/*")):
-        if p.is_file():
-            data = p.read_bytes()
-            if p.name.endswith("_timeseries.json"):
-                sidecar = json.loads(data)
-                sidecar.pop("CommandLine")
-                data = json.dumps(sidecar, sort_keys=True).encode()
-            files[str(p.relative_to(out))] = data
-    return files
-
-
 def _args(demo, out: Path, *extra: str) -> list[str]:
     return [
         str(demo.root),
@@ -68,8 +53,8 @@ def test_dask_results_equal_local(demo, cluster, tmp_path: Path) -> None:
     assert main(_args(demo, local)) == 0
     remote = tmp_path / "remote"
     assert main(_args(demo, remote, "--dask-scheduler", cluster.scheduler_address)) == 0
-    assert _outputs(remote) == _outputs(local)
-    assert len([k for k in _outputs(local) if k.endswith("_timeseries.tsv")]) == 6
+    assert run_outputs(remote) == run_outputs(local)
+    assert len([k for k in run_outputs(local) if k.endswith("_timeseries.tsv")]) == 6
 
 
 def test_killed_worker_loses_nothing(demo, cluster, tmp_path: Path) -> None:
@@ -96,7 +81,7 @@ def test_killed_worker_loses_nothing(demo, cluster, tmp_path: Path) -> None:
         os.kill(victim, signal.SIGKILL)
         runner.join(timeout=180)
         assert codes == [0]
-        assert _outputs(out) == _outputs(local)
+        assert run_outputs(out) == run_outputs(local)
         assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
     finally:
         client.close()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_outputs
 
 from bids_spheres.app.demo import DemoInfo
 
@@ -38,21 +39,6 @@ def _command(demo, out: Path, *extra: str, work: Path | None = None) -> list[str
     ]
 
 
-def _outputs(out: Path) -> dict[str, bytes]:
-    """Every run file's bytes; a timeseries sidecar without its ``CommandLine`` (the jobs'
-    command lines differ, e.g. by --participant-label)."""
-    files = {}
-    for p in sorted(out.rglob("sub-*/**/*")):
-        if p.is_file():
-            data = p.read_bytes()
-            if p.name.endswith("_timeseries.json"):
-                sidecar = json.loads(data)
-                sidecar.pop("CommandLine")
-                data = json.dumps(sidecar, sort_keys=True).encode()
-            files[str(p.relative_to(out))] = data
-    return files
-
-
 def _check_consistent(out: Path) -> None:
     """Only complete TSV/JSON pairs: every JSON parses and has its TSV."""
     for js in out.rglob("sub-*/**/*_timeseries.json"):
@@ -66,7 +52,7 @@ def _check_consistent(out: Path) -> None:
 def test_kill_and_resume(demo, tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     subprocess.run(_command(demo, reference), check=True)
-    expected = _outputs(reference)
+    expected = run_outputs(reference)
     assert len([k for k in expected if k.endswith("_timeseries.tsv")]) == 6
 
     delays = [0.3, 0.6, 0.9, 1.2, 1.5, 1.8, 2.1, 2.4, 2.8, 3.2, 3.6]
@@ -82,7 +68,7 @@ def test_kill_and_resume(demo, tmp_path: Path) -> None:
             _check_consistent(out)
         done = subprocess.run(_command(demo, out), capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
-        assert _outputs(out) == expected, f"after a kill at {delay} s"
+        assert run_outputs(out) == expected, f"after a kill at {delay} s"
         strays = [p for p in out.rglob("*") if ".tmp-" in p.name]
         assert not strays, strays
 
@@ -111,6 +97,6 @@ def test_concurrent_jobs_on_one_output_dir(demo, tmp_path: Path) -> None:
     _check_consistent(out)
     reference = tmp_path / "serial"
     subprocess.run(_command(demo, reference), check=True)
-    assert _outputs(out) == _outputs(reference)
+    assert run_outputs(out) == run_outputs(reference)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
     assert os.listdir(out)
