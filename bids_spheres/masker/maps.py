@@ -268,7 +268,10 @@ def seed_maps(
 
     # One pass: the union of mask and sphere voxels, block by block.
     sphere_voxels = weights_geometry.voxels
-    union = np.union1d(map_voxels, sphere_voxels)
+    in_union = np.zeros(int(np.prod(source.shape)), dtype=bool)  # one flag per grid voxel:
+    in_union[map_voxels] = True  # linear in the grid, unlike sorting (np.union1d)
+    in_union[sphere_voxels] = True
+    union = np.flatnonzero(in_union)
     map_pos = np.searchsorted(union, map_voxels)
     sphere_pos = np.searchsorted(union, sphere_voxels)
     entry_pos = sphere_pos[weights.indices]
@@ -286,7 +289,10 @@ def seed_maps(
         state = _Held(n_kept, n_vox)
     same = map_pos.size == union.size  # spheres inside the mask: no gathering needed
     t0 = 0
-    for block in source.iter_voxel_blocks(union):
+    # float32 blocks when the image's values are float32 exactly: both routes take them
+    # without a float64 copy (the low-rank route converts while shifting, the held one
+    # keeps float32), and the seeds' sums are float64 all the same.
+    for block in source.iter_voxel_blocks(union, float32_if_exact=True):
         if not np.isfinite(block).all():
             bad = ~np.isfinite(block)
             bad_per_entry += bad[:, entry_pos].sum(axis=0)
@@ -378,7 +384,7 @@ class _LowRank:
 
     def add(self, first_row: int, values: np.ndarray, seeds: np.ndarray) -> None:
         if self.shift is None:
-            self.shift = values[0].copy()
+            self.shift = values[0].astype(np.float64)  # values may be float32 or float64
             self.seed_shift = seeds[0].copy()
         start, n_rows = 0, values.shape[0]
         while start < n_rows:
@@ -444,13 +450,18 @@ class _Held:
     def __init__(self, n_kept: int, n_vox: int) -> None:
         self.data = np.empty((n_kept, n_vox), dtype=np.float32)
         self.shift: np.ndarray | None = None
+        self.shift32: np.ndarray | None = None
 
     def add(self, first_row: int, values: np.ndarray, seeds: np.ndarray) -> None:
         del seeds
         if self.shift is None:
-            self.shift = values[0].copy()
+            self.shift = values[0].astype(np.float64)
+            self.shift32 = values[0].astype(np.float32)
         rows = self.data[first_row : first_row + values.shape[0]]
-        np.subtract(values, self.shift, out=rows, casting="same_kind")
+        if values.dtype == np.float32:  # float32 arithmetic, the same correctly rounded result
+            np.subtract(values, self.shift32, out=rows)
+        else:
+            np.subtract(values, self.shift, out=rows, casting="same_kind")
 
     def finish(self, seeds_kept: np.ndarray, factor: np.ndarray) -> np.ndarray:
         """r with G = F'F: s'Gy / sqrt(s'Gs y'Gy), voxels in chunks.

@@ -120,6 +120,51 @@ def test_uncompressed_runs_gather_any_voxel_order(tmp_path: Path, monkeypatch) -
     assert np.array_equal(np.vstack(list(source.iter_voxel_blocks(spread))), flat[:, spread])
 
 
+@pytest.mark.parametrize(
+    ("stored", "slope", "name", "expected"),
+    [
+        ("<f4", None, "bold.nii.gz", np.float32),  # float32 as stored
+        (">f4", None, "bold.nii", np.float32),  # big-endian on disk: native float32 blocks
+        ("<i2", None, "bold.nii.gz", np.float32),  # int16: every value is a float32
+        ("<i2", 0.5, "bold.nii.gz", np.float64),  # scaled: not float32 as stored
+        ("<i4", None, "bold.nii.gz", np.float64),  # int32 may not fit a float32
+        ("<f8", None, "bold.nii.gz", np.float64),
+    ],
+)
+def test_float32_blocks_only_where_the_values_are_float32(
+    tmp_path: Path, stored: str, slope: float | None, name: str, expected: type
+) -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(0, 3000, size=(6, 5, 4, 7)) + 0.25
+    data = values.astype(stored) if stored[1] == "f" else np.round(values).astype(stored)
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_data_dtype(np.dtype(stored))
+    if slope is not None:
+        img.header.set_slope_inter(slope, 0.0)
+    path = tmp_path / name
+    nib.save(img, path)
+    voxels = np.array([7, 3, 100, 3, 119])
+    truth = np.asarray(nib.load(path).dataobj, dtype=np.float64).reshape(-1, 7, order="F")
+    for source in (reading.open_source(str(path)), reading.open_source(nib.load(path))):
+        blocks = list(source.iter_voxel_blocks(voxels, block_bytes=1, float32_if_exact=True))
+        assert {b.dtype for b in blocks} == {np.dtype(expected)}  # native byte order
+        assert all(b.flags.writeable for b in blocks)
+        got = np.vstack(blocks).astype(np.float64)
+        assert np.array_equal(got, truth[voxels].T)  # the same values, exactly
+        assert np.vstack(list(source.iter_voxel_blocks(voxels))).dtype == np.float64
+
+
+def test_in_memory_float64_values_stay_float64(tmp_path: Path) -> None:
+    """An in-memory image whose header says float32 but whose array is float64 holds
+    values a float32 cannot: its blocks stay float64."""
+    data = np.full((3, 3, 3, 2), 1.0 + 2.0**-40)
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.set_data_dtype(np.float32)
+    source = reading.open_source(img)
+    (block,) = source.iter_voxel_blocks(np.array([0, 5]), float32_if_exact=True)
+    assert block.dtype == np.float64 and np.all(block == 1.0 + 2.0**-40)
+
+
 def test_truncated_uncompressed_file_is_reported_even_for_runs(tmp_path: Path) -> None:
     data = np.ones((40, 30, 20, 6), dtype=np.float32)
     path = tmp_path / "bold.nii"
