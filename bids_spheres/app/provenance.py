@@ -32,6 +32,7 @@ This module reads the environment and package metadata; it writes nothing.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -220,14 +221,24 @@ def generated_by(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of Python and of :data:`SOFTWARE` (``"not installed"`` when absent)."""
-    versions = {"python": platform.python_version()}
+    """Versions of Python and of :data:`SOFTWARE` (``"not installed"`` when absent).
+
+    Read from the installed distributions' metadata once per process (about 20 ms:
+    every run's sidecar records them, and a process does not change its libraries);
+    each call returns a new dict.
+    """
+    return dict(_installed_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    versions = [("python", platform.python_version())]
     for label, distribution in SOFTWARE.items():
         try:
-            versions[label] = importlib.metadata.version(distribution)
+            versions.append((label, importlib.metadata.version(distribution)))
         except importlib.metadata.PackageNotFoundError:
-            versions[label] = __version__ if label == "bids_spheres" else "not installed"
-    return versions
+            versions.append((label, __version__ if label == "bids_spheres" else "not installed"))
+    return tuple(versions)
 
 
 class OptionSpellings(NamedTuple):
