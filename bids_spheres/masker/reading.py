@@ -500,13 +500,10 @@ def _iter_raw_blocks(
 def _exact_float32(img: nib.spatialimages.SpatialImage) -> bool:
     """Whether every value of the image is a float32 exactly as read: float32 or integers
     of at most 16 bits, unscaled (for an in-memory array, the array's own type)."""
-    if isinstance(img.dataobj, np.ndarray):
-        values = img.dataobj.dtype
-    elif _scaling(img) == (1.0, 0.0):
-        values = np.dtype(img.dataobj.dtype)
-    else:
+    stored = getattr(img.dataobj, "dtype", None)
+    if stored is None or not (isinstance(img.dataobj, np.ndarray) or _scaling(img) == (1, 0)):
         return False
-    values = values.newbyteorder("=")
+    values = np.dtype(stored).newbyteorder("=")
     return values == np.float32 or (values.kind in "iu" and values.itemsize <= 2)
 
 
