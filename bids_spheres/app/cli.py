@@ -38,7 +38,7 @@ import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from bids_spheres import __version__
 from bids_spheres.app.provenance import OptionSpellings
@@ -91,8 +91,35 @@ class _Parser(argparse.ArgumentParser):
     argparse's usage block (20 lines for this parser).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Every action ``add_argument`` returned, the parser's and its groups' (through
+        #: :class:`_Recorded`): argparse keeps no public list of them.
+        self.added_actions: list[argparse.Action] = []
+        super().__init__(*args, **kwargs)  # adds -h/--help through add_argument
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.added_actions.append(action)
+        return action
+
     def error(self, message: str) -> NoReturn:
         self.exit(64, f"{self.prog}: error: {' '.join(message.split())}\n{USAGE_HINT}\n")
+
+
+class _Recorded:
+    """An argument group (or mutually exclusive group) of a :class:`_Parser` whose
+    ``add_argument`` records the returned action in the parser's ``added_actions``."""
+
+    def __init__(self, group: Any, parser: _Parser) -> None:
+        self._group, self._parser = group, parser
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = self._group.add_argument(*args, **kwargs)
+        self._parser.added_actions.append(action)
+        return action
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> _Recorded:
+        return _Recorded(self._group.add_mutually_exclusive_group(**kwargs), self._parser)
 
 
 def _positive_float(text: str) -> float:
@@ -191,8 +218,7 @@ def option_spellings() -> OptionSpellings:
     """
     paths: set[str] = set()
     flags: set[str] = set()
-    # argparse has no public list of a parser's actions; ``_actions`` is the one it keeps
-    for action in build_parser()._actions:
+    for action in build_parser().added_actions:
         if action.type in PATH_TYPES:
             paths.update(action.option_strings)
         elif action.nargs == 0:
@@ -223,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bids_spheres {__version__}")
 
-    sel = parser.add_argument_group("selecting runs")
+    sel = _Recorded(parser.add_argument_group("selecting runs"), parser)
     sel.add_argument(
         "--participant-label",
         "--participant_label",
@@ -265,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fMRIPrep output directory when bids_dir is a raw dataset",
     )
 
-    spheres = parser.add_argument_group("seeds and spheres")
+    spheres = _Recorded(parser.add_argument_group("seeds and spheres"), parser)
     spheres.add_argument(
         "--seeds",
         default="power2011",
@@ -297,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         "written as n/a",
     )
 
-    clean = parser.add_argument_group("denoising")
+    clean = _Recorded(parser.add_argument_group("denoising"), parser)
     clean.add_argument(
         "--denoise-strategy",
         default="simple",
@@ -341,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--high-pass", type=_positive_float, metavar="HZ", help="high-pass cut-off")
     clean.add_argument("--low-pass", type=_positive_float, metavar="HZ", help="low-pass cut-off")
 
-    maps = parser.add_argument_group("seed-to-voxel maps")
+    maps = _Recorded(parser.add_argument_group("seed-to-voxel maps"), parser)
     maps.add_argument(
         "--maps",
         action="store_true",
@@ -356,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="map only these seeds (names of the seed table); implies --maps",
     )
 
-    group = parser.add_argument_group("group level")
+    group = _Recorded(parser.add_argument_group("group level"), parser)
     group.add_argument(
         "--max-mean-fd",
         type=_positive_float,
@@ -370,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs with fewer kept volumes are not usable in group summaries",
     )
 
-    other = parser.add_argument_group("execution")
+    other = _Recorded(parser.add_argument_group("execution"), parser)
     other.add_argument(
         "--nprocs",
         type=_positive_int,

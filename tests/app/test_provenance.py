@@ -272,6 +272,13 @@ def test_abbreviated_options_are_refused(
     assert args.participant_label == ["01"]
 
 
+def test_the_parser_records_every_action_argparse_keeps() -> None:
+    """option_spellings reads the actions the parser recorded as they were added (public
+    add_argument return values); argparse's own private list is the truth here."""
+    parser = cli.build_parser()
+    assert [id(a) for a in parser.added_actions] == [id(a) for a in parser._actions]
+
+
 def test_every_path_option_spelling_is_made_portable(tmp_path: Path) -> None:
     """Each option whose type is a path, in each form argparse accepts, for a path outside."""
     parser = cli.build_parser()
