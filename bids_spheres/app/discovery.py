@@ -1059,6 +1059,10 @@ def _file_entities(layout: BIDSLayout, paths: Sequence[str]) -> dict[str, dict[s
     """
     from bids.layout import Tag
 
+    # ``Tag._value`` is the text column of pybids' tag table (its SQL schema), which
+    # pybids' own ``BIDSLayout.__repr__`` queries the same way. The public route, Tag
+    # objects and their ``value``, builds one ORM object per tag: collect_runs over 1000
+    # runs (125,000 tags) took 3.3 s that way against 1.3 s (bench_discovery.py).
     result: dict[str, dict[str, str]] = {p: {} for p in paths}
     unique = list(result)
     for start in range(0, len(unique), 500):
