@@ -404,6 +404,8 @@ def select(
     dvars_threshold: float | None = None,
     dummy_scans: int | None = None,
     min_volumes: int = DEFAULT_MIN_VOLUMES,
+    bold_volumes: int | None = None,
+    bold_file: str | os.PathLike | None = None,
 ) -> ConfoundSelection:
     """Select confounds and volumes from an fMRIPrep confounds TSV.
 
@@ -422,6 +424,12 @@ def select(
         ``non_steady_state_outlier*`` columns are dropped in any case.
     min_volumes : int, default=DEFAULT_MIN_VOLUMES
         Fewest volumes a run may keep.
+    bold_volumes : int, optional
+        Volumes of the BOLD image the confounds belong to: a table with another
+        number of rows (e.g. a truncated file) is refused first, before any value is
+        checked or volume counted (the same check as :func:`check_length`).
+    bold_file : str or os.PathLike, optional
+        That BOLD image, for the message.
 
     Returns
     -------
@@ -434,9 +442,9 @@ def select(
     MissingInputError
         The confounds file does not exist.
     DataError
-        The file is empty, headerless, lacks a needed column, holds a
-        non-numeric or missing value where a number is needed, or its CompCor
-        sidecar is missing or inconsistent.
+        The file is empty, headerless, has not ``bold_volumes`` rows, lacks a
+        needed column, holds a non-numeric or missing value where a number is
+        needed, or its CompCor sidecar is missing or inconsistent.
     TooFewVolumesError
         Fewer than ``min_volumes`` volumes remain.
     """
@@ -448,6 +456,8 @@ def select(
     raw = _read_tsv(path)
     raw, fmt = _normalise_columns(raw, path)
     n_volumes = len(raw)
+    if bold_volumes is not None:
+        _check_rows(path, n_volumes, bold_volumes, bold_file)
 
     columns, computed = _strategy_columns(raw, strategy, path, fmt)
     if strategy.scrubs:
@@ -573,11 +583,17 @@ def check_length(
     DataError
         The counts differ.
     """
-    if selection.n_volumes != n_volumes:
+    _check_rows(selection.confounds_file, selection.n_volumes, n_volumes, bold_path)
+
+
+def _check_rows(
+    path: str | os.PathLike, n_rows: int, n_volumes: int, bold: str | os.PathLike | None
+) -> None:
+    if n_rows != n_volumes:
         raise DataError(
-            f"{selection.confounds_file} has {selection.n_volumes} rows but {bold_path} has "
-            f"{n_volumes} volumes; use the confounds file written by the same fMRIPrep run as "
-            "the BOLD image"
+            f"{path} has {n_rows} rows but {bold or 'the BOLD image'} has {n_volumes} volumes; "
+            "the file is truncated or belongs to another run: use the confounds file written "
+            "by the same fMRIPrep run as the BOLD image"
         )
 
 

@@ -385,8 +385,9 @@ def select_confounds(task: RunTask, n_volumes: int) -> Confounds:
         fd_threshold=config.fd_threshold,
         dvars_threshold=config.dvars_threshold,
         dummy_scans=config.dummy_scans,
+        bold_volumes=n_volumes,  # rows checked first: a truncated file is named as such
+        bold_file=run.bold,
     )
-    confounds.check_length(selection, n_volumes, run.bold)
     matrix = None
     if selection.confounds.shape[1] > 0:
         matrix = selection.confounds.to_numpy(dtype=np.float64)

@@ -490,6 +490,17 @@ def test_compcor_variance_selection(v21):
         C.select(v21.tsv, too_much)
 
 
+def test_select_checks_the_rows_against_the_bold_first(v21):
+    """A truncated table is refused as such, before its values or kept volumes are judged
+    (a few rows would otherwise read as 'too few volumes', a skip, not a failure)."""
+    with pytest.raises(DataError, match=r"has 30 rows but bold\.nii\.gz has 240 volumes.*trunc"):
+        C.select(
+            v21.tsv, C.load_strategy("simple"), bold_volumes=240, bold_file="bold.nii.gz",
+            min_volumes=100,
+        )  # fmt: skip
+    assert C.select(v21.tsv, C.load_strategy("simple"), bold_volumes=30).n_volumes == 30
+
+
 def test_check_length(v21):
     sel = C.select(v21.tsv, C.load_strategy("simple"))
     C.check_length(sel, 30, "bold.nii.gz")

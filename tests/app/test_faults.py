@@ -70,6 +70,19 @@ def _wrong_rows(data: Path) -> None:
     _confounds(data).write_text("\n".join(lines[:-5]) + "\n")
 
 
+def _few_rows(data: Path) -> None:
+    """Header and 9 rows: too few to keep any run, but the file is truncated first."""
+    lines = _confounds(data).read_text().splitlines()
+    _confounds(data).write_text("\n".join(lines[:10]) + "\n")
+
+
+def _cut_mid_row(data: Path) -> None:
+    """Cut in the middle of a row: its missing cells are not the problem, the length is."""
+    text = _confounds(data).read_text()
+    cut = text.index("\n", len(text) // 2) - 7
+    _confounds(data).write_text(text[:cut])
+
+
 def _missing_column(data: Path) -> None:
     table = pd.read_csv(_confounds(data), sep="\t")
     table.drop(columns=["csf"]).to_csv(_confounds(data), sep="\t", index=False, na_rep="n/a")
@@ -103,6 +116,8 @@ def _no_repetition_time(data: Path) -> None:
         (_bad_header, "bold", "cannot read"),
         (_three_d, "bold", "not a 4D BOLD"),
         (_wrong_rows, "confounds|bold", "rows|volumes"),
+        (_few_rows, "confounds", "truncated"),
+        (_cut_mid_row, "confounds", "truncated"),
         (_missing_column, "confounds", "csf"),
         (_non_numeric, "confounds", "abc|numeric|number"),
         (_empty_tsv, "confounds", "empty"),
@@ -113,6 +128,8 @@ def _no_repetition_time(data: Path) -> None:
         "bad-header",
         "3d-bold",
         "confound-rows",
+        "confounds-9-rows",
+        "confounds-cut-mid-row",
         "missing-column",
         "non-numeric",
         "empty-tsv",
