@@ -100,6 +100,8 @@ class RunConfig:
     space: str = "MNI152NLin2009cAsym"
     res: str | None = None
     cohort: str | None = None
+    #: ``--space SPACE:res-native``: the BOLD's own grid (files with no ``res`` entity)
+    res_native: bool = False
     bids_filters: dict[str, Any] | None = None
     derivatives: Path | None = None
     seeds: str = "power2011"
@@ -164,8 +166,9 @@ class RunConfig:
                 f"--high-pass {args.high_pass} Hz must be lower than --low-pass {args.low_pass} Hz"
             )
         space, cohort, res = parse_space(args.space)
-        if res == "native":  # fMRIPrep's res-native (e.g. T1w:res-native): the BOLD's own
-            res = None  # grid, whose files carry no res entity
+        res_native = res == "native"  # fMRIPrep's res-native (e.g. T1w:res-native): the
+        if res_native:  # BOLD's own grid, whose files carry no res entity
+            res = None
         filters = None
         if args.bids_filter_file is not None:
             filters = load_filter_file(args.bids_filter_file)
@@ -196,6 +199,7 @@ class RunConfig:
             space=space,
             res=res,
             cohort=cohort,
+            res_native=res_native,
             bids_filters=filters,
             derivatives=Path(args.derivatives).absolute() if args.derivatives else None,
             seeds=args.seeds,
@@ -236,7 +240,8 @@ class RunConfig:
     def space_with_res(self) -> str:
         """``space[:cohort-C][:res-N]`` as fMRIPrep spells it."""
         cohort = f":cohort-{self.cohort}" if self.cohort else ""
-        return f"{self.space}{cohort}:res-{self.res}" if self.res else f"{self.space}{cohort}"
+        res = self.res or ("native" if self.res_native else None)
+        return f"{self.space}{cohort}:res-{res}" if res else f"{self.space}{cohort}"
 
     def cleaning_parameters(self, seed_names: Sequence[str] | None = None) -> dict[str, Any]:
         """The settings that determine the numbers of a run's outputs.

@@ -553,9 +553,13 @@ def collect_runs(
             )
     query_filters = {k: _to_query(v) for k, v in filters.items()}
 
+    from bids.layout import Query
+
     base = {"suffix": "bold", "desc": "preproc", "extension": list(_NIFTI)}
-    grid = {"space": space_label}
+    grid: dict[str, Any] = {"space": space_label}
     grid.update({k: v for k, v in (("cohort", cohort), ("res", res)) if v is not None})
+    if res == "native":  # the BOLD's own grid: fMRIPrep names it without res
+        grid["res"] = [Query.NONE, "native"]
     bolds = _get(layout, **base, **grid, **options, **query_filters)
     if not bolds:
         _explain_empty(layout, root, base, grid, space, options, query_filters)
@@ -1231,9 +1235,12 @@ def _check_unique(entities_of: dict[str, dict[str, Any]], space: str) -> None:
         shown = [f"res-{r}" for r in labels] + ["no res"] * (len(group) - len(labels))
         cohort = f":cohort-{first['cohort']}" if "cohort" in first else ""
         example = f"{first['space']}{cohort}:res-{labels[0] if labels else 'N'}"
+        native = ""
+        if len(labels) < len(group):  # fMRIPrep's res-native grid carries no res entity
+            native = f" (or {first['space']}{cohort}:res-native for the one without res)"
         raise UsageError(
             f"space {space} has several resolutions for run {_describe_run(first)} "
-            f"({', '.join(shown)}); choose one with --space {example}"
+            f"({', '.join(shown)}); choose one with --space {example}{native}"
         )
 
 

@@ -563,6 +563,26 @@ def test_resolutions(small: DemoInfo) -> None:
         collect_runs(layout, space=f"{SPACE}:res-3")
 
 
+def test_res_native_selects_the_copy_without_res(small: DemoInfo) -> None:
+    """fMRIPrep's --output-spaces MNI MNI:res-2 writes a copy without res (the BOLD's own
+    grid) beside res-2: :res-native selects it, and the ambiguity message offers it."""
+    prefix = f"{_run_prefix(small)}_{MNI}"
+    for kind in ("desc-preproc_bold.nii.gz", "desc-brain_mask.nii.gz"):
+        shutil.copy(f"{prefix}_{kind}", f"{prefix}_res-2_{kind}")
+    layout = make_layout(small.fmriprep_dir, None)
+    (native,) = collect_runs(layout, space=f"{SPACE}:res-native")
+    assert native.bold == Path(f"{prefix}_desc-preproc_bold.nii.gz")
+    assert native.mask == Path(f"{prefix}_desc-brain_mask.nii.gz") and "res" not in native.entities
+    (res2,) = collect_runs(layout, space=f"{SPACE}:res-2")
+    assert res2.bold == Path(f"{prefix}_res-2_desc-preproc_bold.nii.gz")
+    with pytest.raises(UsageError) as err:
+        collect_runs(layout)
+    assert str(err.value) == (
+        f"space {SPACE} has several resolutions for run sub-01_task-rest_run-1 (res-2, no res); "
+        f"choose one with --space {SPACE}:res-2 (or {SPACE}:res-native for the one without res)"
+    )
+
+
 def test_aroma_and_duplicate_extensions(small: DemoInfo) -> None:
     prefix = f"{_run_prefix(small)}_{MNI}"
     aroma = Path(f"{prefix}_desc-smoothAROMAnonaggr_bold.nii.gz")
