@@ -68,6 +68,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -875,16 +876,28 @@ def _indexer(skipped: Sequence[str] = ()) -> BIDSLayoutIndexer:
 
 
 def _index(root: Path, database_path: Path | None, skipped: Sequence[str] = ()) -> BIDSLayout:
+    """pybids' layout of ``root``; what pybids warns about the dataset goes to the log.
+
+    pybids warns through :mod:`warnings` about the input's own files (e.g. the
+    ``PipelineDescription`` of fMRIPrep < 20.2, "use ``pybids upgrade``"): a user
+    should not be told to rewrite an input that reads correctly, nor see a source
+    line of pybids, so these become one debug line each (``-vv``).
+    """
     from bids.layout import BIDSLayout
 
-    return BIDSLayout(
-        root,
-        validate=False,
-        is_derivative=True,
-        config=list(_CONFIG),
-        database_path=database_path,
-        indexer=_indexer(skipped),
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layout = BIDSLayout(
+            root,
+            validate=False,
+            is_derivative=True,
+            config=list(_CONFIG),
+            database_path=database_path,
+            indexer=_indexer(skipped),
+        )
+    for warning in caught:
+        log.debug("pybids, indexing %s: %s", root, " ".join(str(warning.message).split()))
+    return layout
 
 
 def _to_query(value: object) -> object:

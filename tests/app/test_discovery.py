@@ -563,6 +563,28 @@ def test_resolutions(small: DemoInfo) -> None:
         collect_runs(layout, space=f"{SPACE}:res-3")
 
 
+def test_pybids_warnings_about_the_input_go_to_the_debug_log(
+    small: DemoInfo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fMRIPrep < 20.2 wrote PipelineDescription: pybids warns 'use pybids upgrade' with a
+    source line of its own; the run reads correctly, so it is one debug line (-vv)."""
+    import logging
+    import warnings
+
+    description = small.fmriprep_dir / "dataset_description.json"
+    content = json.loads(description.read_text())
+    content.pop("GeneratedBy", None)
+    content["PipelineDescription"] = {"Name": "fMRIPrep", "Version": "1.5.0"}
+    description.write_text(json.dumps(content))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning reaching the user fails the test
+        with caplog.at_level(logging.DEBUG, logger="bids_spheres"):
+            layout = make_layout(small.fmriprep_dir, None)
+    assert collect_runs(layout)
+    (line,) = [r.getMessage() for r in caplog.records if "PipelineDescription" in r.getMessage()]
+    assert line.startswith("pybids, indexing ") and "\n" not in line
+
+
 def test_res_native_selects_the_copy_without_res(small: DemoInfo) -> None:
     """fMRIPrep's --output-spaces MNI MNI:res-2 writes a copy without res (the BOLD's own
     grid) beside res-2: :res-native selects it, and the ambiguity message offers it."""
