@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
+import numpy as np
 
 from bids_spheres.app.filters import (  # the filter-file names are re-exported here
     LAYOUT_CONFIG,
@@ -1332,7 +1333,10 @@ def _repetition_time(path: str, metadata: Mapping[str, Any]) -> float:
             f"cannot read the NIfTI header of {path} ({err}); check the file is a valid NIfTI"
         ) from err
     scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}.get(unit)
-    t_r = float(zooms[3]) * scale if len(zooms) > 3 and scale is not None else 0.0
+    # pixdim is float32: 0.8 s is stored as 0.800000011920929; the shortest decimal that
+    # is the same float32 (numpy's repr of it) is what the header means
+    step = float(str(np.float32(zooms[3]))) if len(zooms) > 3 else 0.0
+    t_r = step * scale if scale is not None else 0.0
     if not (math.isfinite(t_r) and t_r > 0):
         raise DataError(
             f"{path} has no RepetitionTime in its JSON sidecar and no usable time step in its "

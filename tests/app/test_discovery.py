@@ -492,6 +492,10 @@ def test_repetition_time_sources(small: DemoInfo) -> None:
     assert t_r() == 2.5
     _tiny_bold(bold, zoom=800000.0, unit="usec")
     assert t_r() == pytest.approx(0.8)
+    _tiny_bold(bold, zoom=0.8, unit="sec")  # float32 pixdim: 0.800000011920929
+    assert t_r() == 0.8  # what the header means, as the sidecar would say it
+    _tiny_bold(bold, zoom=720.0, unit="msec")
+    assert t_r() == 0.72
 
     # Inheritance: a top-level sidecar applies; the file's own sidecar wins.
     (small.fmriprep_dir / "task-rest_bold.json").write_text('{"RepetitionTime": 1.5}')
