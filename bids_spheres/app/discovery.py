@@ -290,14 +290,17 @@ def find_fmriprep_dir(
                 f"--derivatives {derivatives} does not exist or is not a directory; give the "
                 "folder fMRIPrep wrote its outputs to"
             )
-        if not _is_fmriprep(derivatives):
+        # named by the user: its preprocessed BOLDs make it fMRIPrep's, whatever its
+        # dataset_description.json says (a hand-made one may lack DatasetType/GeneratedBy)
+        if not (_is_fmriprep(derivatives) or next(_preproc_bolds(derivatives), None)):
             raise MissingInputError(
                 f"--derivatives {derivatives} holds no fMRIPrep outputs (no "
                 "dataset_description.json naming fMRIPrep, no "
                 "sub-*/[ses-*/]func/*_desc-preproc_bold.nii[.gz]); give the folder fMRIPrep "
                 "wrote its outputs to"
             )
-        return (None if bids_is_fmriprep else bids_dir), derivatives
+        same = derivatives.resolve() == bids_dir.resolve()
+        return (None if bids_is_fmriprep or same else bids_dir), derivatives
     if bids_is_fmriprep:
         return None, bids_dir
 
@@ -323,6 +326,15 @@ def find_fmriprep_dir(
         raise MissingInputError(
             f"bids_dir {bids_dir} holds neither a BIDS dataset nor fMRIPrep outputs (no "
             "dataset_description.json, no sub-* folders); give the fMRIPrep output folder"
+        )
+    found = next(_preproc_bolds(bids_dir), None)
+    if found is not None:  # fMRIPrep's files, but a description saying "raw"
+        raise MissingInputError(
+            f"bids_dir {bids_dir} holds fMRIPrep outputs (e.g. {found.name}) but its "
+            "dataset_description.json describes a raw dataset (no DatasetType "
+            '"derivative", no GeneratedBy); add "DatasetType": "derivative" and '
+            '"GeneratedBy": [{"Name": "fMRIPrep"}] to it, or pass the folder again with '
+            f"--derivatives {bids_dir}"
         )
     raise MissingInputError(
         f"bids_dir {bids_dir} is a raw BIDS dataset with no fMRIPrep derivatives (looked in "

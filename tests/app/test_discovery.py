@@ -589,6 +589,19 @@ def test_pybids_warnings_about_the_input_go_to_the_debug_log(
     assert line.startswith("pybids, indexing ") and "\n" not in line
 
 
+def test_fmriprep_outputs_described_as_raw(small: DemoInfo) -> None:
+    """A hand-made description (no DatasetType, no GeneratedBy) over fMRIPrep's files: the
+    message says so and how to fix it; --derivatives naming the folder is enough."""
+    root = small.fmriprep_dir
+    (root / "dataset_description.json").write_text('{"Name": "outputs", "BIDSVersion": "1.4.0"}')
+    with pytest.raises(MissingInputError) as err:
+        find_fmriprep_dir(root)
+    assert "holds fMRIPrep outputs (e.g. sub-01_" in str(err.value)
+    assert "describes a raw dataset" in str(err.value)
+    assert f"--derivatives {root}" in str(err.value)
+    assert find_fmriprep_dir(root, root) == (None, root)
+
+
 def test_res_native_selects_the_copy_without_res(small: DemoInfo) -> None:
     """fMRIPrep's --output-spaces MNI MNI:res-2 writes a copy without res (the BOLD's own
     grid) beside res-2: :res-native selects it, and the ambiguity message offers it."""
