@@ -519,8 +519,11 @@ def collect_runs(
         (a MissingInputError, exit 66) If a requested subject is absent, no
         preprocessed BOLD is in ``space``, or the session/task/run options or
         the filters select no run.
-    DataError
-        If a run has no usable repetition time, or both ``.nii`` and ``.nii.gz``.
+
+
+    A run that cannot be used as found (no usable repetition time, stored both as
+    ``.nii`` and ``.nii.gz``, a broken link among its files) is returned with its
+    ``problem``: it fails alone when processed, the other runs go on.
     """
     root = Path(layout.root)
     space_label, cohort, res = _parse_space(space)
@@ -579,7 +582,7 @@ def collect_runs(
         _explain_empty(layout, root, base, grid, space, options, query_filters)
 
     entities_of = _file_entities(layout, bolds)
-    _check_unique(entities_of, space)
+    duplicates = _check_unique(entities_of, space)
     companions = _companions(layout, options)
     chains = _sidecar_chains(layout, entities_of, options)
     faults = _faulty_files(layout, options)
@@ -600,7 +603,9 @@ def collect_runs(
         }
         needed = [p for p in (*inputs.values(), *chains[path]) if p is not None]
         used.update(str(p) for p in needed)
-        problem = next((faults[str(p)] for p in needed if str(p) in faults), None)
+        problem = duplicates.get(path) or next(
+            (faults[str(p)] for p in needed if str(p) in faults), None
+        )
         t_r = float("nan")
         if problem is None:
             try:
@@ -1230,15 +1235,25 @@ def _grid_key(ents: Mapping[str, Any]) -> tuple[str | None, ...]:
     return (get("space"), get("cohort"), get("res"), get("den"))
 
 
-def _check_unique(entities_of: dict[str, dict[str, Any]], space: str) -> None:
-    """Refuse a run found twice (two extensions, or several cohorts/resolutions left open)."""
+def _check_unique(entities_of: dict[str, dict[str, Any]], space: str) -> dict[str, str]:
+    """Keep one file of a run stored twice; refuse cohorts or resolutions left open.
+
+    A run stored as both ``.nii`` and ``.nii.gz`` keeps one entry in ``entities_of``
+    (the first path) and is returned as ``{path: problem}``: that run fails alone.
+    Several cohorts or resolutions of a run that ``space`` leaves open are a usage
+    error (the user chooses one for the whole job).
+    """
     seen: dict[Any, list[str]] = {}
     for path, ents in entities_of.items():
         seen.setdefault((_run_key(ents), _grid_key(ents)), []).append(path)
+    problems: dict[str, str] = {}
     for paths in seen.values():
         if len(paths) > 1:
-            raise DataError(
-                f"the same run is stored twice: {' and '.join(sorted(paths))}; remove one of them"
+            ordered = sorted(paths)
+            for extra in ordered[1:]:
+                del entities_of[extra]
+            problems[ordered[0]] = (
+                f"the same run is stored twice: {' and '.join(ordered)}; remove one of them"
             )
     by_run: dict[Any, list[dict[str, Any]]] = {}
     for ents in entities_of.values():
@@ -1268,6 +1283,7 @@ def _check_unique(entities_of: dict[str, dict[str, Any]], space: str) -> None:
             f"space {space} has several resolutions for run {_describe_run(first)} "
             f"({', '.join(shown)}); choose one with --space {example}{native}"
         )
+    return problems
 
 
 def _describe_run(ents: Mapping[str, str]) -> str:

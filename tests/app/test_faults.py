@@ -83,6 +83,12 @@ def _cut_mid_row(data: Path) -> None:
     _confounds(data).write_text(text[:cut])
 
 
+def _two_extensions(data: Path) -> None:
+    """The same run also stored uncompressed: that run fails, not the job."""
+    img = nib.load(_bold(data))
+    nib.save(img, str(_bold(data)).removesuffix(".gz"))
+
+
 def _missing_column(data: Path) -> None:
     table = pd.read_csv(_confounds(data), sep="\t")
     table.drop(columns=["csf"]).to_csv(_confounds(data), sep="\t", index=False, na_rep="n/a")
@@ -118,6 +124,7 @@ def _no_repetition_time(data: Path) -> None:
         (_wrong_rows, "confounds|bold", "rows|volumes"),
         (_few_rows, "confounds", "truncated"),
         (_cut_mid_row, "confounds", "truncated"),
+        (_two_extensions, "bold", "stored twice"),
         (_missing_column, "confounds", "csf"),
         (_non_numeric, "confounds", "abc|numeric|number"),
         (_empty_tsv, "confounds", "empty"),
@@ -130,6 +137,7 @@ def _no_repetition_time(data: Path) -> None:
         "confound-rows",
         "confounds-9-rows",
         "confounds-cut-mid-row",
+        "nii-and-nii-gz",
         "missing-column",
         "non-numeric",
         "empty-tsv",
