@@ -13,9 +13,10 @@ order) and the scaling are then those of nibabel's ``ArrayProxy``
 :meth:`VolumeSource.reduce` then makes ONE sequential
 pass over the data and returns, per volume, weighted sums of the requested
 voxels (a sphere mean is such a sum). It never holds more than a small block
-of volumes (``block_bytes``, 2 MiB by default, at least one volume) plus the values of the weighted
-voxels of that block (one per weight, so overlapping spheres and smoothing count
-several times), taken ``block_bytes`` of float64 at a time (at least one volume):
+of volumes (``block_bytes``, 2 MiB by default, at least one volume) plus the
+values of the weighted voxels of that block (one per weight, so overlapping
+spheres and smoothing count several times), taken ``block_bytes`` of float64 at
+a time (at least one volume):
 
 * files are read straight from disk in on-disk order with ``readinto`` into a
   reused buffer; gzip files are inflated as a stream, always to the end of the
