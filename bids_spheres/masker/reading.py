@@ -500,9 +500,19 @@ def _iter_raw_blocks(
 
 def _exact_float32(img: nib.spatialimages.SpatialImage) -> bool:
     """Whether every value of the image is a float32 exactly as read: float32 or integers
-    of at most 16 bits, unscaled (for an in-memory array, the array's own type)."""
-    stored = getattr(img.dataobj, "dtype", None)
-    if stored is None or not (isinstance(img.dataobj, np.ndarray) or _scaling(img) == (1, 0)):
+    of at most 16 bits, unscaled (for an in-memory array, the array's own type).
+
+    Only an array or nibabel's ``ArrayProxy`` (whose ``slope`` and ``inter`` are all its
+    scaling) qualify: other proxies may scale as they read (PAR/REC, per slice).
+    """
+    from nibabel.arrayproxy import ArrayProxy
+
+    data = img.dataobj
+    if isinstance(data, np.ndarray):
+        stored = data.dtype
+    elif isinstance(data, ArrayProxy) and _scaling(img) == (1, 0):
+        stored = data.dtype
+    else:
         return False
     values = np.dtype(stored).newbyteorder("=")
     return values == np.float32 or (values.kind in "iu" and values.itemsize <= 2)

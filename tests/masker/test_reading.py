@@ -154,6 +154,29 @@ def test_float32_blocks_only_where_the_values_are_float32(
         assert np.vstack(list(source.iter_voxel_blocks(voxels))).dtype == np.float64
 
 
+def test_a_proxy_that_scales_as_it_reads_gets_float64_blocks() -> None:
+    """Only an array or nibabel's ArrayProxy qualify for float32 blocks: another proxy
+    (PAR/REC scales each slice as it reads) may report an int16 dtype and no slope."""
+
+    class ScalingProxy:  # stored int16, read scaled: values a float32 cannot hold
+        is_proxy = True
+        dtype = np.dtype(np.int16)
+        shape = (3, 3, 3, 2)
+        ndim = 4
+
+        def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+            values = np.full(self.shape, 1000.0) + 1e-4
+            return values if dtype is None else values.astype(dtype)
+
+        def __getitem__(self, key: Any) -> np.ndarray:
+            return np.asarray(self)[key]
+
+    img = nib.Nifti1Image(ScalingProxy(), np.eye(4))
+    source = reading.open_source(img)
+    (block,) = source.iter_voxel_blocks(np.array([0, 5]), float32_if_exact=True)
+    assert block.dtype == np.float64 and np.all(block == 1000.0 + 1e-4)
+
+
 def test_in_memory_float64_values_stay_float64(tmp_path: Path) -> None:
     """An in-memory image whose header says float32 but whose array is float64 holds
     values a float32 cannot: its blocks stay float64."""
