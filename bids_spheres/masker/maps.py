@@ -456,9 +456,11 @@ class _Held:
         del seeds
         if self.shift is None:
             self.shift = values[0].astype(np.float64)
-            self.shift32 = values[0].astype(np.float32)
+            if values.dtype == np.float32:  # the shift is then a float32 exactly
+                self.shift32 = values[0].copy()
         rows = self.data[first_row : first_row + values.shape[0]]
-        if values.dtype == np.float32:  # float32 arithmetic, the same correctly rounded result
+        if values.dtype == np.float32 and self.shift32 is not None:
+            # float32 arithmetic on float32 values and shift: the same rounded result
             np.subtract(values, self.shift32, out=rows)
         else:
             np.subtract(values, self.shift, out=rows, casting="same_kind")

@@ -215,3 +215,14 @@ def test_fisher_z_is_finite_at_one() -> None:
     z = maps.fisher_z(np.array([-1.0, 0.0, 0.5, 1.0]))
     assert z.dtype == np.float32 and np.isfinite(z).all()
     np.testing.assert_allclose(z[2], np.arctanh(0.5), rtol=1e-6)
+
+
+def test_held_shift_is_exact_when_parts_differ_in_dtype() -> None:
+    """A list of 3D images whose first part is scaled (float64 blocks) and the others
+    float32: each row is shifted by the same float64 first value, not by its float32
+    rounding (which would put a step of up to ~6e-5 at 1000 into the series)."""
+    held = maps._Held(n_kept=2, n_vox=1)
+    held.add(0, np.array([[1000.3]]), np.zeros((1, 0)))  # float64: a scaled part
+    held.add(1, np.array([[1000.5]], dtype=np.float32), np.zeros((1, 0)))
+    expected = np.float32(float(np.float32(1000.5)) - 1000.3)
+    assert held.data[0, 0] == 0.0 and held.data[1, 0] == expected
