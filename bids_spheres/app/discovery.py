@@ -495,7 +495,8 @@ def collect_runs(
         Output space, optionally with fMRIPrep's cohort and resolution modifiers
         (``"MNI152NLin2009cAsym:res-2"``, ``"MNIPediatricAsym:cohort-1:res-2"``).
         Without one, any cohort or resolution is accepted as long as each run
-        has only one.
+        has only one; ``res-native`` selects the files without a ``res`` entity
+        (fMRIPrep's copy on the BOLD's own grid).
     bids_filters : mapping, optional
         Parsed ``--bids-filter-file`` (fMRIPrep's format); its ``"bold"`` query
         is applied.  It must not constrain an entity also given as an option.
@@ -521,6 +522,8 @@ def collect_runs(
         the filters select no run.
 
 
+    Notes
+    -----
     A run that cannot be used as found (no usable repetition time, stored both as
     ``.nii`` and ``.nii.gz``, a broken link among its files) is returned with its
     ``problem``: it fails alone when processed, the other runs go on.
@@ -896,10 +899,11 @@ def _indexer(skipped: Sequence[str] = ()) -> BIDSLayoutIndexer:
 def _index(root: Path, database_path: Path | None, skipped: Sequence[str] = ()) -> BIDSLayout:
     """pybids' layout of ``root``; what pybids warns about the dataset goes to the log.
 
-    pybids warns through :mod:`warnings` about the input's own files (e.g. the
+    pybids warns (``UserWarning``) about the input's own files (e.g. the
     ``PipelineDescription`` of fMRIPrep < 20.2, "use ``pybids upgrade``"): a user
     should not be told to rewrite an input that reads correctly, nor see a source
-    line of pybids, so these become one debug line each (``-vv``).
+    line of pybids, so these become one debug line each (``-vv``). Other warnings
+    (deprecations) are passed on unchanged.
     """
     from bids.layout import BIDSLayout
 
@@ -914,7 +918,12 @@ def _index(root: Path, database_path: Path | None, skipped: Sequence[str] = ()) 
             indexer=_indexer(skipped),
         )
     for warning in caught:
-        log.debug("pybids, indexing %s: %s", root, " ".join(str(warning.message).split()))
+        if issubclass(warning.category, UserWarning):  # about the dataset
+            log.debug("pybids, indexing %s: %s", root, " ".join(str(warning.message).split()))
+        else:  # deprecations and the like are about the code: passed on as they came
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     return layout
 
 
@@ -1360,11 +1369,12 @@ def _repetition_time(path: str, metadata: Mapping[str, Any]) -> float:
         raise DataError(
             f"cannot read the NIfTI header of {path} ({err}); check the file is a valid NIfTI"
         ) from err
-    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}.get(unit)
+    per_second = {"sec": 1.0, "msec": 1e3, "usec": 1e6, "unknown": 1.0}.get(unit)
     # pixdim is float32: 0.8 s is stored as 0.800000011920929; the shortest decimal that
-    # is the same float32 (numpy's repr of it) is what the header means
+    # is the same float32 (numpy's repr of it) is what the header means, and dividing
+    # by an exact power of ten keeps it so (700 ms / 1e3 is 0.7; 700 * 1e-3 is not)
     step = float(str(np.float32(zooms[3]))) if len(zooms) > 3 else 0.0
-    t_r = step * scale if scale is not None else 0.0
+    t_r = step / per_second if per_second is not None else 0.0
     if not (math.isfinite(t_r) and t_r > 0):
         raise DataError(
             f"{path} has no RepetitionTime in its JSON sidecar and no usable time step in its "

@@ -494,8 +494,10 @@ def test_repetition_time_sources(small: DemoInfo) -> None:
     assert t_r() == pytest.approx(0.8)
     _tiny_bold(bold, zoom=0.8, unit="sec")  # float32 pixdim: 0.800000011920929
     assert t_r() == 0.8  # what the header means, as the sidecar would say it
-    _tiny_bold(bold, zoom=720.0, unit="msec")
-    assert t_r() == 0.72
+    for zoom, unit, seconds in [(700.0, "msec", 0.7), (1400.0, "msec", 1.4), (570.0, "msec", 0.57),
+                                (800000.0, "usec", 0.8), (720.0, "msec", 0.72)]:  # fmt: skip
+        _tiny_bold(bold, zoom=zoom, unit=unit)
+        assert t_r() == seconds, (zoom, unit)  # exactly: 700 * 1e-3 is 0.7000000000000001
 
     # Inheritance: a top-level sidecar applies; the file's own sidecar wins.
     (small.fmriprep_dir / "task-rest_bold.json").write_text('{"RepetitionTime": 1.5}')
@@ -600,6 +602,30 @@ def test_fmriprep_outputs_described_as_raw(small: DemoInfo) -> None:
     assert "describes a raw dataset" in str(err.value)
     assert f"--derivatives {root}" in str(err.value)
     assert find_fmriprep_dir(root, root) == (None, root)
+
+
+def test_only_dataset_warnings_of_pybids_become_debug_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A UserWarning (about the input) is logged; a deprecation is passed on unchanged."""
+    import logging
+    import warnings
+
+    import bids.layout
+
+    from bids_spheres.app import discovery
+
+    class Layout:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            warnings.warn("the dataset is odd", UserWarning, stacklevel=2)
+            warnings.warn("this call is deprecated", DeprecationWarning, stacklevel=2)
+
+    monkeypatch.setattr(bids.layout, "BIDSLayout", Layout)
+    with caplog.at_level(logging.DEBUG, logger="bids_spheres"):
+        with pytest.warns(DeprecationWarning, match="this call is deprecated") as seen:
+            discovery._index(tmp_path, None)
+    assert [w.category for w in seen] == [DeprecationWarning]
+    assert any("the dataset is odd" in r.getMessage() for r in caplog.records)
 
 
 def test_res_native_selects_the_copy_without_res(small: DemoInfo) -> None:
