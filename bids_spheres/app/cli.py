@@ -226,7 +226,7 @@ def option_spellings() -> OptionSpellings:
     return OptionSpellings(frozenset(paths), frozenset(flags))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     """The bids_spheres argument parser (BIDS-App conventions)."""
     parser = _Parser(
         prog="bids_spheres",
@@ -274,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--space",
         default="MNI152NLin2009cAsym",
         help="template space of the BOLD runs, optionally with a resolution as fMRIPrep "
-        "writes it, e.g. MNI152NLin2009cAsym:res-2; T1w (or T1w:res-native) maps template "
-        "seeds into each subject's T1w through fMRIPrep's from-T1w_to-<template> transform",
+        "writes it, e.g. MNI152NLin2009cAsym:res-2 (:res-native: the files without res, on "
+        "the BOLD's own grid); T1w (or T1w:res-native) maps template seeds into each "
+        "subject's T1w through fMRIPrep's from-T1w_to-<template> transform",
     )
     sel.add_argument(
         "--bids-filter-file",

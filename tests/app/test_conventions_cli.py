@@ -125,3 +125,15 @@ def test_the_readme_exit_codes_are_the_clis() -> None:
     listed |= {int(n) for n in re.findall(r"(\d{3})/(\d{3})/(\d{3})", paragraph)[0]}
     assert listed == set(EXIT_CODES.values())
     assert "18" not in re.findall(r"\d+", paragraph)
+
+
+def test_res_native_is_carried_to_the_selection(tmp_path: Path) -> None:
+    """--space X:res-native reaches discovery as such (files without res), while the
+    template lookups see no resolution; plain spaces and res-N are unchanged."""
+    native = _config(tmp_path, "--space", "MNI152NLin2009cAsym:res-native")
+    assert (native.res, native.res_native) == (None, True)
+    assert native.space_with_res == "MNI152NLin2009cAsym:res-native"
+    assert _config(tmp_path, "--space", "T1w:res-native").space_with_res == "T1w:res-native"
+    assert _config(tmp_path).space_with_res == "MNI152NLin2009cAsym"
+    two = _config(tmp_path, "--space", "MNIPediatricAsym:cohort-1:res-2")
+    assert (two.space_with_res, two.res_native) == ("MNIPediatricAsym:cohort-1:res-2", False)
