@@ -46,8 +46,8 @@ several may coexist in one output directory. For each pair it writes, under ``OU
     fewer than 1 (mean) or 2 (sd) participants had the pair. A JSON sidecar
     states this (``Description``) and gives ``RelationshipMeasure``,
     ``Weighted``, ``Directed``, ``ValidDiagonal``, ``StorageFormat``,
-    ``NodeFiles``, ``Sources`` (the per-run matrices used, relative to
-    ``output_dir``) and ``NumberOfParticipants``. Not made (a warning says why,
+    ``NodeFiles``, ``Sources`` (the per-run matrices used, as BIDS URIs of this
+    dataset, ``bids::sub-01/...``) and ``NumberOfParticipants``. Not made (a warning says why,
     and the report) for more than
     :data:`~bids_spheres.app.outputs.MAX_RELMAT_SEEDS` seeds, whose n x n
     accumulators would not fit in memory; the other tables are written as always.
@@ -853,7 +853,7 @@ class _Combination:
             "ValidDiagonal": False,
             "StorageFormat": "Full",
             "NodeFiles": node_files,
-            "Sources": list(self.sources),
+            "Sources": [_self_uri(source) for source in self.sources],
             "NumberOfParticipants": self.n_participants,
             "NumberOfRuns": len(self.sources),
             "Participants": [f"sub-{p}" for p in self._contributors()],
@@ -873,6 +873,13 @@ class _Combination:
             if parsed is not None and "sub" in parsed[0]:
                 out[parsed[0]["sub"]] = None
         return list(out)
+
+
+def _self_uri(relpath: str) -> str:
+    """``bids::<relpath>``: a file of the output dataset, as its Sources name it."""
+    from bids_spheres.app import outputs
+
+    return outputs.bids_uri("", relpath)
 
 
 _QC_COLUMNS = [

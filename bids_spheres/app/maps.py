@@ -555,7 +555,7 @@ def _group_sidecar(
         "NumberOfParticipants": n,
         "DegreesOfFreedom": dof,
         "VoxelCount": n_voxels,
-        "Sources": sources,
+        "Sources": [outputs.bids_uri("", source) for source in sources],  # bids::sub-01/...
         "SoftwareVersion": f"bids_spheres {__version__}",
     }
 

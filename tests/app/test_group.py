@@ -379,7 +379,7 @@ def test_group_connectome_is_mean_over_participants_of_within_participant_means(
     assert meta["ValidDiagonal"] is False and meta["StorageFormat"] == "Full"
     assert "within each participant first" in meta["Description"]
     expected_sources = sorted(
-        r.relmat_path(out).relative_to(out).as_posix() for r in runs if is_usable(r)
+        "bids::" + r.relmat_path(out).relative_to(out).as_posix() for r in runs if is_usable(r)
     )
     assert sorted(meta["Sources"]) == expected_sources
     assert meta["NodeFiles"] == [f"atlas-{ATLAS}_seeds.tsv"]

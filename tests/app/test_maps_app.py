@@ -117,7 +117,10 @@ def test_group_mean_and_t_maps_equal_recomputed(mapped: Path) -> None:
     assert t_img.header.get_intent() == ("t test", (1.0,), "t")
     meta = json.loads((group / f"{GROUP_MAP.format(seed='PCC', stat='t')}.json").read_text())
     assert meta["DegreesOfFreedom"] == 1 and meta["NumberOfParticipants"] == 2
-    assert len(meta["Sources"]) == 4
+    assert len(meta["Sources"]) == 4  # BIDS URIs of this dataset's Fisher z maps
+    for source in meta["Sources"]:
+        assert source.startswith("bids::sub-") and "_stat-fisherz_" in source
+        assert (mapped / source.removeprefix("bids::")).is_file()
     np.testing.assert_allclose(mean_img.affine, t_img.affine)
     report = (group / "report.html").read_text()
     assert "Seed-to-voxel maps" in report
