@@ -90,6 +90,7 @@ from bids_spheres.errors import (
     OutputError,
     UsageError,
     ValidationError,
+    one_line,
 )
 
 if TYPE_CHECKING:
@@ -521,7 +522,6 @@ def collect_runs(
         preprocessed BOLD is in ``space``, or the session/task/run options or
         the filters select no run.
 
-
     Notes
     -----
     A run that cannot be used as found (no usable repetition time, stored both as
@@ -919,7 +919,7 @@ def _index(root: Path, database_path: Path | None, skipped: Sequence[str] = ()) 
         )
     for warning in caught:
         if issubclass(warning.category, UserWarning):  # about the dataset
-            log.debug("pybids, indexing %s: %s", root, " ".join(str(warning.message).split()))
+            log.debug("pybids, indexing %s: %s", root, one_line(warning.message))
         else:  # deprecations and the like are about the code: passed on as they came
             warnings.warn_explicit(
                 warning.message, warning.category, warning.filename, warning.lineno

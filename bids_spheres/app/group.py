@@ -836,6 +836,8 @@ class _Combination:
         return sidecar
 
     def _relmat_sidecar(self, kind: str, node_files: list[str]) -> dict[str, Any]:
+        from bids_spheres.app import outputs
+
         statistic = "mean" if kind == "mean" else "sample standard deviation (ddof 1)"
         minimum = 1 if kind == "mean" else 2
         return {
@@ -853,7 +855,7 @@ class _Combination:
             "ValidDiagonal": False,
             "StorageFormat": "Full",
             "NodeFiles": node_files,
-            "Sources": [_self_uri(source) for source in self.sources],
+            "Sources": [outputs.bids_uri("", source) for source in self.sources],
             "NumberOfParticipants": self.n_participants,
             "NumberOfRuns": len(self.sources),
             "Participants": [f"sub-{p}" for p in self._contributors()],
@@ -873,13 +875,6 @@ class _Combination:
             if parsed is not None and "sub" in parsed[0]:
                 out[parsed[0]["sub"]] = None
         return list(out)
-
-
-def _self_uri(relpath: str) -> str:
-    """``bids::<relpath>``: a file of the output dataset, as its Sources name it."""
-    from bids_spheres.app import outputs
-
-    return outputs.bids_uri("", relpath)
 
 
 _QC_COLUMNS = [

@@ -508,13 +508,11 @@ def _exact_float32(img: nib.spatialimages.SpatialImage) -> bool:
     from nibabel.arrayproxy import ArrayProxy
 
     data = img.dataobj
-    if isinstance(data, np.ndarray):
-        stored = data.dtype
-    elif isinstance(data, ArrayProxy) and _scaling(img) == (1, 0):
-        stored = data.dtype
-    else:
+    if not (
+        isinstance(data, np.ndarray) or (isinstance(data, ArrayProxy) and _scaling(img) == (1, 0))
+    ):
         return False
-    values = np.dtype(stored).newbyteorder("=")
+    values = np.dtype(data.dtype).newbyteorder("=")
     return values == np.float32 or (values.kind in "iu" and values.itemsize <= 2)
 
 
