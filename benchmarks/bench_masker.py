@@ -25,6 +25,12 @@ standard library), no voxel extraction; for an uncompressed .nii it is a plain
 sequential read. ``floor-isal-threaded`` (``isal.igzip_threaded.open(path,
 threads=1)``, the reader ours uses) is shown for reference.
 
+``ours-warm`` (case a) times the second ``fit_transform`` of a process that has
+just done one with another masker: what each run costs a BIDS-App worker (or a
+script looping over runs) after its first, with the libraries imported and the
+sphere geometry of the grid cached. Its work is compared with the floor's read
+loop; the fresh process (``ours``) shows the one-off start-up, reported beside it.
+
 Data (deterministic, generated once per ``--data-dir``): the MNI152NLin2009cAsym
 2 mm grid (97 x 115 x 97), float32, an in-brain ellipsoid holding a
 ~1000 baseline, slow oscillations, a linear drift and Gaussian noise, zeros
@@ -162,6 +168,10 @@ def _child_masker(spec: dict) -> dict:
     t1 = time.perf_counter()
     seeds = np.load(spec["seeds"]).tolist()
     confounds = np.load(spec["confounds"]) if spec.get("confounds") else None
+    if spec.get("warm"):
+        # one untimed run first, as a BIDS-App worker (or a notebook) has done before its
+        # next run: libraries imported, the sphere geometry of this grid cached
+        NiftiSpheresMasker(seeds, **spec["params"]).fit_transform(spec["img"], confounds=confounds)
     masker = NiftiSpheresMasker(seeds, **spec["params"])
     if spec.get("profile"):
         import cProfile
@@ -503,6 +513,7 @@ def build_measures(files: dict[str, Path], args: argparse.Namespace, out_dir: Pa
             "params": params,
             "confounds": confounds,
             "out": str(out),
+            "warm": label == "ours-warm",
         }
         ms.append(Measure(case, label, spec, env or {}, repeats))
 
@@ -515,6 +526,7 @@ def build_measures(files: dict[str, Path], args: argparse.Namespace, out_dir: Pa
     nl = args.nilearn_repeats
     if "a" in cases:
         masker("a", "ours", short_gz, power, r5)
+        masker("a", "ours-warm", short_gz, power, r5)
         masker("a", "nilearn", short_gz, power, r5, repeats=nl)
         floor("a", short_gz)
         ms.append(Measure("a", "floor-isal-threaded", {"kind": "floor-threaded", "img": short_gz}))
@@ -703,6 +715,8 @@ def report(ms: list[Measure], out_dir: Path, n_short: int, n_long: int) -> list[
             ratio_floor = ratio_nl = diff = ""
             if m.label == "ours-stdlib":
                 ratio_floor = _fmt(_ratios(m, by.get((case, "floor-stdlib"))))
+            elif m.label == "ours-warm":  # its process holds two runs: only the work compares
+                ratio_floor = "-/-/" + _fmt(_ratios(m, floor_m)[2:])
             elif m.label.startswith("ours") or m.label == "floor-isal-threaded":
                 ratio_floor = _fmt(_ratios(m, floor_m))
             if m.label.startswith("ours") and (case, "nilearn") in by:
@@ -737,11 +751,11 @@ def targets(by: dict) -> list[tuple]:
     def m(case, label):
         return by.get((case, label))
 
-    def at_most(name, num, den, limit):
+    def at_most(name, num, den, limit, keys=KEYS):
         if num is None or den is None:
             return
-        r = _ratios(num, den)
-        out.append((name, [(k, f"{x:.2f}x", x <= limit) for k, x in zip(KEYS, r, strict=True)]))
+        r = dict(zip(KEYS, _ratios(num, den), strict=True))
+        out.append((name, [(k, f"{r[k]:.2f}x", r[k] <= limit) for k in keys]))
 
     def at_least(name, num, den, limit):
         if num is None or den is None:
@@ -751,6 +765,13 @@ def targets(by: dict) -> list[tuple]:
 
     floor_a = m("a", "floor-isal")
     at_most("(a) ours <= 1.15x floor", m("a", "ours"), floor_a, 1.15)
+    at_most(
+        "(a) warm run <= 1.15x floor's read loop",
+        m("a", "ours-warm"),
+        floor_a,
+        1.15,
+        keys=("t_work", "c_work"),
+    )
     at_least("(a) ours >= 25x faster than nilearn", m("a", "nilearn"), m("a", "ours"), 25)
     if m("a", "ours"):
         rss = _med(m("a", "ours"), "rss_mb")
@@ -781,7 +802,10 @@ def targets(by: dict) -> list[tuple]:
         "(c) 1000 seeds: ours >= 45x faster than nilearn", m("c", "nilearn"), m("c", "ours"), 45
     )
     print()
-    print("Targets, judged on the whole process (wall); cpu and work-alone shown for reference")
+    print(
+        "Targets, judged on the first figure: the whole process (wall) unless named otherwise;\n"
+        "the others are shown for reference"
+    )
     for name, checks in out:
         basis, text, ok = checks[0]
         line = f"  {'MET   ' if ok else 'MISSED'} {name:<48} {basis} {text:<22}"
