@@ -234,7 +234,6 @@ def build_parser() -> _Parser:
             "Denoised sphere (seed) timeseries from fMRIPrep outputs, written as a "
             "BIDS-Derivatives dataset."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -276,7 +275,8 @@ def build_parser() -> _Parser:
         help="template space of the BOLD runs, optionally with a resolution as fMRIPrep "
         "writes it, e.g. MNI152NLin2009cAsym:res-2 (:res-native: the files without res, on "
         "the BOLD's own grid); T1w (or T1w:res-native) maps template seeds into each "
-        "subject's T1w through fMRIPrep's from-T1w_to-<template> transform",
+        "subject's T1w through fMRIPrep's from-T1w_to-<template> transform (default: "
+        "%(default)s)",
     )
     sel.add_argument(
         "--bids-filter-file",
@@ -298,13 +298,14 @@ def build_parser() -> _Parser:
         default="power2011",
         type=_path_or_name,
         help="a seeds TSV (columns name x y z [radius network]) or a built-in set: "
-        "power2011, dosenbach2010, seitzman2018",
+        "power2011, dosenbach2010, seitzman2018 (default: %(default)s)",
     )
     spheres.add_argument(
         "--radius",
         type=_non_negative_float,
         default=5.0,
-        help="sphere radius in mm for seeds whose TSV gives none (0 = the nearest voxel)",
+        help="sphere radius in mm for seeds whose TSV gives none (0 = the nearest voxel; "
+        "default: %(default)s)",
     )
     spheres.add_argument(
         "--allow-overlap", action="store_true", help="allow spheres to share voxels"
@@ -314,14 +315,15 @@ def build_parser() -> _Parser:
         default="fmriprep",
         type=_path_or_name,
         help="restrict spheres to: 'fmriprep' (each run's brain mask), 'template' "
-        "(TemplateFlow brain mask of the space), 'none', or a mask NIfTI path",
+        "(TemplateFlow brain mask of the space), 'none', or a mask NIfTI path (default: "
+        "%(default)s)",
     )
     spheres.add_argument(
         "--min-coverage",
         type=_fraction,
         default=0.5,
         help="seeds whose sphere has a smaller fraction of voxels inside the mask are "
-        "written as n/a",
+        "written as n/a (default: %(default)s)",
     )
 
     clean = _Recorded(parser.add_argument_group("denoising"), parser)
@@ -330,7 +332,7 @@ def build_parser() -> _Parser:
         default="simple",
         type=_path_or_name,
         help="confound preset (none, simple, simple+gsr, scrubbing, scrubbing+gsr, compcor, "
-        "aroma, 24p, 36p) or a strategy JSON file",
+        "aroma, 24p, 36p) or a strategy JSON file (default: %(default)s)",
     )
     clean.add_argument(
         "--fd-threshold",
@@ -354,7 +356,7 @@ def build_parser() -> _Parser:
         "--standardize",
         default="zscore_sample",
         choices=["zscore", "zscore_sample", "psc", "none"],
-        help="standardization of the output timeseries",
+        help="standardization of the output timeseries (default: %(default)s)",
     )
     detrend = clean.add_mutually_exclusive_group()
     detrend.add_argument(
@@ -362,9 +364,11 @@ def build_parser() -> _Parser:
         dest="detrend",
         action="store_true",
         default=True,
-        help="remove linear trends",
+        help="remove linear trends (the default)",
     )
-    detrend.add_argument("--no-detrend", dest="detrend", action="store_false")
+    detrend.add_argument(
+        "--no-detrend", dest="detrend", action="store_false", help="keep linear trends"
+    )
     clean.add_argument("--high-pass", type=_positive_float, metavar="HZ", help="high-pass cut-off")
     clean.add_argument("--low-pass", type=_positive_float, metavar="HZ", help="low-pass cut-off")
 
@@ -388,13 +392,15 @@ def build_parser() -> _Parser:
         "--max-mean-fd",
         type=_positive_float,
         default=0.5,
-        help="runs with a larger mean FD (mm) are not usable in group summaries",
+        help="runs with a larger mean FD (mm) are not usable in group summaries (default: "
+        "%(default)s)",
     )
     group.add_argument(
         "--min-volumes",
         type=_positive_int,
         default=50,
-        help="runs with fewer kept volumes are not usable in group summaries",
+        help="runs with fewer kept volumes are not usable in group summaries (default: "
+        "%(default)s)",
     )
 
     other = _Recorded(parser.add_argument_group("execution"), parser)

@@ -19,6 +19,31 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"bids_spheres {__version__}"
 
 
+def test_help_states_each_real_default_once() -> None:
+    """--help names the defaults that mean something, and no "(default: None)" or the
+    store_false default of a --no-* flag ("--no-reports ... (default: True)" read as
+    "no reports by default")."""
+    text = " ".join(build_parser().format_help().split())
+    for bogus in ("(default: None)", "(default: True)", "(default: False)", "(default: 0)"):
+        assert bogus not in text
+    assert text.count("(default:") + text.count("; default:") + text.count("(the default)") >= 9
+    for option, default in (
+        ("--space SPACE", "(default: MNI152NLin2009cAsym)"),
+        ("--seeds SEEDS", "(default: power2011)"),
+        ("--radius RADIUS", "default: 5.0)"),
+        ("--mask MASK", "(default: fmriprep)"),
+        ("--min-coverage MIN_COVERAGE", "(default: 0.5)"),
+        ("--denoise-strategy DENOISE_STRATEGY", "(default: simple)"),
+        ("--standardize {zscore,zscore_sample,psc,none}", "(default: zscore_sample)"),
+        ("--max-mean-fd MAX_MEAN_FD", "(default: 0.5)"),
+        ("--min-volumes MIN_VOLUMES", "(default: 50)"),
+    ):
+        after = text.split(f"{option} ", 1)[1].split(" --", 1)[0]
+        assert default in after, (option, after)
+    no_reports = text.split("--no-reports ", 1)[1].split(" --", 1)[0]
+    assert "default" not in no_reports
+
+
 def test_usage_error_exits_64(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path), str(tmp_path / "out"), "participant", "--radius", "-3"])
