@@ -74,9 +74,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
-import numpy as np
-
 from bids_spheres.app.filters import (  # the filter-file names are re-exported here
     LAYOUT_CONFIG,
     MAX_FILTER_FILE_BYTES,
@@ -92,6 +89,7 @@ from bids_spheres.errors import (
     ValidationError,
     one_line,
 )
+from bids_spheres.masker import reading
 
 if TYPE_CHECKING:
     from bids.layout import BIDSLayout, BIDSLayoutIndexer
@@ -1362,19 +1360,11 @@ def _repetition_time(path: str, metadata: Mapping[str, Any]) -> float:
             "of seconds; fix the sidecar"
         )
     try:
-        header = nib.load(path).header
-        zooms = header.get_zooms()
-        unit = header.get_xyzt_units()[1]
+        t_r, _unit = reading.header_time_step(path)
     except Exception as err:  # nibabel raises many types for unreadable files
         raise DataError(
             f"cannot read the NIfTI header of {path} ({err}); check the file is a valid NIfTI"
         ) from err
-    per_second = {"sec": 1.0, "msec": 1e3, "usec": 1e6, "unknown": 1.0}.get(unit)
-    # pixdim is float32: 0.8 s is stored as 0.800000011920929; the shortest decimal that
-    # is the same float32 (numpy's repr of it) is what the header means, and dividing
-    # by an exact power of ten keeps it so (700 ms / 1e3 is 0.7; 700 * 1e-3 is not)
-    step = float(str(np.float32(zooms[3]))) if len(zooms) > 3 else 0.0
-    t_r = step / per_second if per_second is not None else 0.0
     if not (math.isfinite(t_r) and t_r > 0):
         raise DataError(
             f"{path} has no RepetitionTime in its JSON sidecar and no usable time step in its "

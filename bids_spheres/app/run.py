@@ -320,7 +320,34 @@ def open_bold(task: RunTask) -> reading.VolumeSource:
             "volume(s)); check the file"
         )
     seeds.check_field_of_view(task.seeds, source.affine, source.shape, str(run.bold))
+    _warn_if_header_disagrees(task, source)
     return source
+
+
+def _warn_if_header_disagrees(task: RunTask, source: reading.VolumeSource) -> None:
+    """Warn when the header states another time step than the RepetitionTime in use.
+
+    BIDS metadata wins (the sidecar's value is the one used), but a sidecar
+    inherited from the wrong level, or a header rewritten by a tool, makes one of
+    the two wrong, and every filter and the SamplingFrequency depend on it. Only a
+    header in explicit time units counts: "unknown" units with nibabel's default
+    step of 1 say nothing.
+    """
+    run = task.run
+    step, unit = source.time_step
+    if unit not in ("sec", "msec", "usec") or not np.isfinite(step):
+        return
+    if abs(step - run.t_r) <= 1e-3 * run.t_r:
+        return
+    where = f"the JSON sidecar {run.sidecar}" if run.sidecar else "an inherited JSON sidecar"
+    log.warning(
+        "%s: RepetitionTime %g s (from %s) differs from the time step of its NIfTI header, "
+        "%g s; the sidecar's value is used (BIDS), check which one is right",
+        run.bold.name,
+        run.t_r,
+        where,
+        step,
+    )
 
 
 def mask_on_grid(task: RunTask, source: reading.VolumeSource) -> RunMask:

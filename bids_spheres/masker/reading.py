@@ -71,6 +71,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "ReduceResult",
     "VolumeSource",
+    "header_time_step",
     "load_img",
     "open_source",
     "read_confounds_file",
@@ -203,6 +204,11 @@ class VolumeSource:
         if (slope, inter) != (1.0, 0.0):
             return np.result_type(dtype, np.float32)
         return dtype
+
+    @property
+    def time_step(self) -> tuple[float, str]:
+        """The first image's :func:`header_time_step`: (seconds or NaN, unit)."""
+        return header_time_step(self._parts[0])
 
     @property
     def filenames(self) -> list[str]:
@@ -452,6 +458,42 @@ def _scaling(img: nib.spatialimages.SpatialImage) -> tuple[float, float]:
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
     return slope, inter
+
+
+# Seconds per unit of a NIfTI header's time unit (xyzt_units); "unknown" is read as
+# seconds, as nibabel and most converters write a time step then.
+_PER_SECOND = {"sec": 1, "msec": 1000, "usec": 1000000, "unknown": 1}
+
+
+def header_time_step(img: Any) -> tuple[float, str]:
+    """The time between volumes that an image's header states, in seconds.
+
+    Parameters
+    ----------
+    img : str, os.PathLike or nibabel image
+        A 4D image (a path is opened with ``nibabel.load``: the header only).
+
+    Returns
+    -------
+    seconds : float
+        ``pixdim[4]`` (the fourth zoom) as the shortest decimal of its float32 --
+        0.8, not 0.800000011920929 -- divided by an exact power of ten when the
+        unit is ms or us (700 ms is 0.7 s, not 0.7000000000000001); NaN when the
+        header gives no positive time step or a non-time unit (Hz, ppm, rad/s).
+    unit : str
+        The header's time unit: ``"sec"``, ``"msec"``, ``"usec"``, ``"unknown"``
+        (read as seconds) or another nibabel unit name; ``"unknown"`` for formats
+        without one.
+    """
+    header = load_img(img).header
+    zooms = header.get_zooms()
+    get_units = getattr(header, "get_xyzt_units", None)
+    unit = str(get_units()[1]) if get_units is not None else "unknown"
+    per_second = _PER_SECOND.get(unit)
+    step = float(str(np.float32(zooms[3]))) if len(zooms) > 3 else 0.0
+    if per_second is None or not (np.isfinite(step) and step > 0):
+        return float("nan"), unit
+    return step / per_second, unit
 
 
 def _streamable(img: nib.spatialimages.SpatialImage) -> bool:

@@ -49,6 +49,27 @@ def test_repetition_time_in_milliseconds_fails_that_run(
     assert len(_outputs(out)) == 3
 
 
+def test_sidecar_and_header_repetition_times_that_disagree_are_warned(
+    demo_copy: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sidecar's value is used (BIDS), and the run says the header disagrees; the
+    demo's other runs (sidecar 2 s, header 2 s) say nothing."""
+    data = demo_copy.root
+    bold = _bold(data)
+    sidecar = bold.with_name(bold.name.replace(".nii.gz", ".json"))
+    meta = json.loads(sidecar.read_text())
+    meta["RepetitionTime"] = 2.5
+    sidecar.write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    assert _run(data, out) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "NIfTI header" in line]
+    assert len(warned) == 1, warned
+    assert bold.name in warned[0] and sidecar.name in warned[0]
+    assert "RepetitionTime 2.5 s" in warned[0] and "header, 2 s" in warned[0]
+    written = [json.loads(p.read_text()) for p in sorted(out.glob("sub-*/func/*_timeseries.json"))]
+    assert sorted(w["RepetitionTime"] for w in written) == [2, 2, 2, 2.5]
+
+
 @pytest.mark.parametrize(("option", "value"), [("--high-pass", "0.25"), ("--low-pass", "0.3")])
 def test_cutoff_at_or_above_nyquist_fails_every_run(
     demo_dataset: DemoInfo,

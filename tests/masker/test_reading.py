@@ -368,3 +368,42 @@ def test_isal_reader_thread_stops_when_reading_ends_or_is_abandoned(tmp_path: Pa
     assert set(threading.enumerate()) == before
     assert _all_voxels(path).shape == (16, 64**3)
     assert set(threading.enumerate()) == before
+
+
+@pytest.mark.parametrize(
+    ("step", "unit", "seconds"),
+    [
+        (0.8, "sec", 0.8),  # stored as float32 0.800000011920929
+        (0.72, "sec", 0.72),
+        (700.0, "msec", 0.7),  # 700 * 1e-3 would be 0.7000000000000001
+        (1400.0, "msec", 1.4),
+        (800000.0, "usec", 0.8),
+        (2.0, "unknown", 2.0),  # no unit: read as seconds
+        (2.0, "hz", float("nan")),  # not a time
+        (0.0, "sec", float("nan")),
+    ],
+)
+def test_header_time_step_in_seconds(
+    tmp_path: Path, step: float, unit: str, seconds: float
+) -> None:
+    img = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
+    img.header.set_xyzt_units("mm", unit if unit != "unknown" else None)
+    img.header.set_zooms((1.0, 1.0, 1.0, step))
+    path = tmp_path / "bold.nii.gz"
+    img.to_filename(path)
+    for given in (path, img):
+        value, found_unit = reading.header_time_step(given)
+        assert found_unit == unit
+        if np.isnan(seconds):
+            assert np.isnan(value)
+        else:
+            assert value == seconds  # exactly the decimal the header means
+    value, found_unit = reading.open_source(path).time_step
+    assert found_unit == unit and (value == seconds or (np.isnan(value) and np.isnan(seconds)))
+
+
+def test_header_time_step_of_a_3d_image_is_nan() -> None:
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    img.header.set_xyzt_units("mm", "sec")
+    value, unit = reading.header_time_step(img)
+    assert np.isnan(value) and unit == "sec"
