@@ -337,12 +337,14 @@ def build_parser() -> _Parser:
     clean.add_argument(
         "--fd-threshold",
         type=_positive_float,
-        help="scrub volumes with framewise displacement above this (mm); overrides the strategy",
+        help="scrub volumes with framewise displacement above this (mm); overrides the strategy "
+        "(default: the strategy's)",
     )
     clean.add_argument(
         "--dvars-threshold",
         type=_positive_float,
-        help="scrub volumes with standardized DVARS above this; overrides the strategy",
+        help="scrub volumes with standardized DVARS above this; overrides the strategy (default: "
+        "the strategy's)",
     )
     clean.add_argument(
         "--dummy-scans",
@@ -350,7 +352,10 @@ def build_parser() -> _Parser:
         help="drop this many initial volumes (default: fMRIPrep's non-steady-state outliers)",
     )
     clean.add_argument(
-        "--smoothing-fwhm", type=_positive_float, metavar="MM", help="Gaussian smoothing FWHM"
+        "--smoothing-fwhm",
+        type=_positive_float,
+        metavar="MM",
+        help="Gaussian smoothing FWHM (default: no smoothing)",
     )
     clean.add_argument(
         "--standardize",
@@ -369,8 +374,12 @@ def build_parser() -> _Parser:
     detrend.add_argument(
         "--no-detrend", dest="detrend", action="store_false", help="keep linear trends"
     )
-    clean.add_argument("--high-pass", type=_positive_float, metavar="HZ", help="high-pass cut-off")
-    clean.add_argument("--low-pass", type=_positive_float, metavar="HZ", help="low-pass cut-off")
+    clean.add_argument(
+        "--high-pass", type=_positive_float, metavar="HZ", help="high-pass cut-off (default: none)"
+    )
+    clean.add_argument(
+        "--low-pass", type=_positive_float, metavar="HZ", help="low-pass cut-off (default: none)"
+    )
 
     maps = _Recorded(parser.add_argument_group("seed-to-voxel maps"), parser)
     maps.add_argument(

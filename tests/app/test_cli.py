@@ -26,7 +26,6 @@ def test_help_states_each_real_default_once() -> None:
     text = " ".join(build_parser().format_help().split())
     for bogus in ("(default: None)", "(default: True)", "(default: False)", "(default: 0)"):
         assert bogus not in text
-    assert text.count("(default:") + text.count("; default:") + text.count("(the default)") >= 9
     for option, default in (
         ("--space SPACE", "(default: MNI152NLin2009cAsym)"),
         ("--seeds SEEDS", "(default: power2011)"),
@@ -37,6 +36,10 @@ def test_help_states_each_real_default_once() -> None:
         ("--standardize {zscore,zscore_sample,psc,none}", "(default: zscore_sample)"),
         ("--max-mean-fd MAX_MEAN_FD", "(default: 0.5)"),
         ("--min-volumes MIN_VOLUMES", "(default: 50)"),
+        ("--high-pass HZ", "(default: none)"),
+        ("--low-pass HZ", "(default: none)"),
+        ("--smoothing-fwhm MM", "(default: no smoothing)"),
+        ("--fd-threshold FD_THRESHOLD", "(default: the strategy's)"),
     ):
         after = text.split(f"{option} ", 1)[1].split(" --", 1)[0]
         assert default in after, (option, after)
