@@ -481,14 +481,21 @@ def header_time_step(img: Any) -> tuple[float, str]:
         unit is ms or us (700 ms is 0.7 s, not 0.7000000000000001); NaN when the
         header gives no positive time step or a non-time unit (Hz, ppm, rad/s).
     unit : str
-        The header's time unit: ``"sec"``, ``"msec"``, ``"usec"``, ``"unknown"``
-        (read as seconds) or another nibabel unit name; ``"unknown"`` for formats
-        without one.
+        The header's time unit (NIfTI-1/2 ``xyzt_units``): ``"sec"``, ``"msec"``,
+        ``"usec"``, ``"unknown"`` (read as seconds) or another nibabel unit name;
+        ``"msec"`` for MGH (FreeSurfer stores its TR in ms); ``"none"`` for a
+        format with no time unit (Analyze), whose step is then NaN.
     """
+    import nibabel as nib
+
     header = load_img(img).header
     zooms = header.get_zooms()
-    get_units = getattr(header, "get_xyzt_units", None)
-    unit = str(get_units()[1]) if get_units is not None else "unknown"
+    if hasattr(header, "get_xyzt_units"):
+        unit = str(header.get_xyzt_units()[1])
+    elif isinstance(header, nib.freesurfer.mghformat.MGHHeader):
+        unit = "msec"
+    else:
+        unit = "none"
     per_second = _PER_SECOND.get(unit)
     step = float(str(np.float32(zooms[3]))) if len(zooms) > 3 else 0.0
     if per_second is None or not (np.isfinite(step) and step > 0):

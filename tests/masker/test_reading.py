@@ -407,3 +407,14 @@ def test_header_time_step_of_a_3d_image_is_nan() -> None:
     img.header.set_xyzt_units("mm", "sec")
     value, unit = reading.header_time_step(img)
     assert np.isnan(value) and unit == "sec"
+
+
+def test_header_time_step_of_mgh_is_milliseconds_and_analyze_has_none() -> None:
+    """FreeSurfer's MGH stores TR in ms; Analyze has no time unit: no step is guessed."""
+    mgh = nib.MGHImage(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
+    mgh.header["tr"] = 2000.0
+    assert reading.header_time_step(mgh) == (2.0, "msec")
+    analyze = nib.AnalyzeImage(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
+    analyze.header.set_zooms((1.0, 1.0, 1.0, 2.0))
+    value, unit = reading.header_time_step(analyze)
+    assert np.isnan(value) and unit == "none"
