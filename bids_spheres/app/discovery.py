@@ -193,6 +193,9 @@ class RunInputs:
     sidecar : Path or None
         The JSON sidecar with exactly the BOLD file's entities, if present (the
         repetition time may also be inherited from a higher-level JSON).
+    t_r_source : Path or None
+        The JSON sidecar that gave ``RepetitionTime`` (the nearest of the BIDS
+        inheritance chain holding it); None when ``t_r`` is the NIfTI header's.
     fmriprep_root : Path
         The fMRIPrep dataset the run comes from.
     aroma_bold : Path or None
@@ -213,6 +216,7 @@ class RunInputs:
     fmriprep_root: Path
     aroma_bold: Path | None = None
     problem: str | None = None
+    t_r_source: Path | None = None
 
     @property
     def label(self) -> str:
@@ -607,14 +611,24 @@ def collect_runs(
         problem = duplicates.get(path) or next(
             (faults[str(p)] for p in needed if str(p) in faults), None
         )
-        t_r = float("nan")
+        t_r, t_r_source = float("nan"), None
         if problem is None:
             try:
                 t_r = _repetition_time(path, _merge_sidecars(chains[path]))
+                t_r_source = next(
+                    (p for p in chains[path] if "RepetitionTime" in _read_json(p)), None
+                )
             except (DataError, MissingInputError) as exc:  # this run fails alone
                 problem = str(exc)
         runs.append(
-            RunInputs(**inputs, t_r=t_r, entities=public, fmriprep_root=root, problem=problem)
+            RunInputs(
+                **inputs,
+                t_r=t_r,
+                entities=public,
+                fmriprep_root=root,
+                problem=problem,
+                t_r_source=t_r_source,
+            )
         )
     for path, reason in sorted(faults.items()):
         if path not in used:
@@ -1361,10 +1375,8 @@ def _repetition_time(path: str, metadata: Mapping[str, Any]) -> float:
         )
     try:
         t_r, _unit = reading.header_time_step(path)
-    except Exception as err:  # nibabel raises many types for unreadable files
-        raise DataError(
-            f"cannot read the NIfTI header of {path} ({err}); check the file is a valid NIfTI"
-        ) from err
+    except (ValueError, OSError) as err:  # load_img's message names the file and the fix
+        raise DataError(str(err)) from err
     if not (math.isfinite(t_r) and t_r > 0):
         raise DataError(
             f"{path} has no RepetitionTime in its JSON sidecar and no usable time step in its "

@@ -320,34 +320,54 @@ def open_bold(task: RunTask) -> reading.VolumeSource:
             "volume(s)); check the file"
         )
     seeds.check_field_of_view(task.seeds, source.affine, source.shape, str(run.bold))
-    _warn_if_header_disagrees(task, source)
+    note = header_tr_note(task, source)
+    if note is not None:
+        (log.warning if note[1] else log.debug)("%s: %s", run.bold.name, note[0])
     return source
 
 
-def _warn_if_header_disagrees(task: RunTask, source: reading.VolumeSource) -> None:
-    """Warn when the header states another time step than the RepetitionTime in use.
+def _tr_origin(run: discovery.RunInputs) -> str:
+    """Where the run's RepetitionTime comes from, for messages."""
+    if run.t_r_source is not None:
+        return f"the JSON sidecar {run.t_r_source}"
+    return f"the NIfTI header of {run.bold}"
 
-    BIDS metadata wins (the sidecar's value is the one used), but a sidecar
-    inherited from the wrong level, or a header rewritten by a tool, makes one of
-    the two wrong, and every filter and the SamplingFrequency depend on it. Only a
-    header in explicit time units counts: "unknown" units with nibabel's default
-    step of 1 say nothing.
+
+def header_tr_note(task: RunTask, source: reading.VolumeSource) -> tuple[str, bool] | None:
+    """A note when the header states another time step than the RepetitionTime in use.
+
+    BIDS metadata wins (the sidecar's value is used), but a sidecar inherited from
+    the wrong level, or a header rewritten by a tool, makes one of the two wrong,
+    and every filter and the SamplingFrequency depend on it. Only a header in
+    explicit time units counts: "unknown" units with nibabel's default step of 1,
+    or a step of 0 (fMRIPrep's multi-echo outputs), say nothing.
+
+    Returns
+    -------
+    (message, loud) or None
+        ``loud`` is False for the two header faults fMRIPrep is known to write while
+        its sidecar is right -- a placeholder of 1 s (fMRIPrep 23.2.0,
+        nipreps/fmriprep#3216) and milliseconds labelled as seconds (before
+        nipreps/fmriprep#2740) -- which would otherwise repeat on every run: they
+        go to the run's sidecar and the debug log only.
     """
     run = task.run
     step, unit = source.time_step
     if unit not in ("sec", "msec", "usec") or not np.isfinite(step):
-        return
+        return None
     if abs(step - run.t_r) <= 1e-3 * run.t_r:
-        return
-    where = f"the JSON sidecar {run.sidecar}" if run.sidecar else "an inherited JSON sidecar"
-    log.warning(
-        "%s: RepetitionTime %g s (from %s) differs from the time step of its NIfTI header, "
-        "%g s; the sidecar's value is used (BIDS), check which one is right",
-        run.bold.name,
-        run.t_r,
-        where,
-        step,
+        return None
+    known = ""
+    if unit == "sec" and step == 1.0:
+        known = " (a placeholder some tools write, fMRIPrep 23.2.0 among them)"
+    elif unit == "sec" and abs(step / 1000 - run.t_r) <= 1e-3 * run.t_r:
+        known = " (milliseconds labelled as seconds, as older fMRIPrep wrote them)"
+    message = (
+        f"the NIfTI header gives a time step of {step:g} s{known}, but RepetitionTime is "
+        f"{run.t_r:g} s in {_tr_origin(run)}; the RepetitionTime is used (BIDS), check "
+        "which one is right"
     )
+    return message, not known
 
 
 def mask_on_grid(task: RunTask, source: reading.VolumeSource) -> RunMask:
@@ -559,6 +579,7 @@ def run_sidecar(
                 denoising["strategy_source"], links
             )
     tsnr = signals.tsnr
+    tr_note = [note[0] for note in [header_tr_note(task, source)] if note is not None]
     seed_info = {
         name: {
             "CoordinatesMM": [float(v) for v in placed.coords[i]],
@@ -588,7 +609,11 @@ def run_sidecar(
         "MissingSeeds": signals.missing,
         "Warnings": [
             _portable_text(message, task, links)
-            for message in [*seeds.check_space(seed_set, config.space), *signals.warnings]
+            for message in [
+                *seeds.check_space(seed_set, config.space),
+                *tr_note,
+                *signals.warnings,
+            ]
         ],
         "NumberOfVolumes": source.n_volumes,
         "KeptVolumes": signals.kept.tolist(),
@@ -770,7 +795,7 @@ def _check_timing(task: RunTask) -> None:
     """
     config, run = task.config, task.run
     t_r = run.t_r
-    where = f"the JSON sidecar {run.sidecar}" if run.sidecar else f"the metadata of {run.bold}"
+    where = _tr_origin(run)
     if not (np.isfinite(t_r) and MIN_TR_S <= t_r <= MAX_TR_S):
         hint = f" ({t_r:g} looks like milliseconds: write {t_r / 1000:g})" if t_r > 1000 else ""
         raise DataError(

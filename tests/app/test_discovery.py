@@ -170,6 +170,7 @@ def test_collect_runs_reads_mni_preproc_only(deriv: DemoInfo) -> None:
         sidecar=Path(f"{prefix}_{MNI}_desc-preproc_bold.json"),
         fmriprep_root=deriv.root,
         aroma_bold=None,
+        t_r_source=Path(f"{prefix}_{MNI}_desc-preproc_bold.json"),
     )
     assert list(first.entities) == ["subject", "task", "run", "space"]
     assert [r.bold for r in runs] == list(deriv.bold_files)
@@ -488,6 +489,7 @@ def test_repetition_time_sources(small: DemoInfo) -> None:
 
     sidecar.write_text(json.dumps({"SkullStripped": True, "TaskName": "rest"}))
     assert t_r() == 2.0  # header pixdim[4] in seconds
+    assert collect_runs(make_layout(small.fmriprep_dir, None))[0].t_r_source is None
     _tiny_bold(bold, zoom=2500.0, unit="msec")
     assert t_r() == 2.5
     _tiny_bold(bold, zoom=800000.0, unit="usec")
@@ -499,14 +501,19 @@ def test_repetition_time_sources(small: DemoInfo) -> None:
         _tiny_bold(bold, zoom=zoom, unit=unit)
         assert t_r() == seconds, (zoom, unit)  # exactly: 700 * 1e-3 is 0.7000000000000001
 
-    # Inheritance: a top-level sidecar applies; the file's own sidecar wins.
-    (small.fmriprep_dir / "task-rest_bold.json").write_text('{"RepetitionTime": 1.5}')
+    # Inheritance: a top-level sidecar applies; the file's own sidecar wins. t_r_source
+    # names the one that gave the value, also when the file's own sidecar lacks it.
+    top = small.fmriprep_dir / "task-rest_bold.json"
+    top.write_text('{"RepetitionTime": 1.5}')
     assert t_r() == 1.5
+    runs = collect_runs(make_layout(small.fmriprep_dir, None))
+    assert runs[0].sidecar == sidecar and runs[0].t_r_source == top
     sidecar.write_text('{"RepetitionTime": 0.72}')
     assert t_r() == 0.72
+    assert collect_runs(make_layout(small.fmriprep_dir, None))[0].t_r_source == sidecar
     sidecar.unlink()
     runs = collect_runs(make_layout(small.fmriprep_dir, None))
-    assert runs[0].t_r == 1.5 and runs[0].sidecar is None
+    assert runs[0].t_r == 1.5 and runs[0].sidecar is None and runs[0].t_r_source == top
 
     (small.fmriprep_dir / "task-rest_bold.json").write_text('{"RepetitionTime": "2s"}')
     with pytest.raises(DataError, match=r"RepetitionTime='2s' in the JSON sidecar of .* is not"):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from cli_helpers import run_participant as _run
 
@@ -49,25 +51,70 @@ def test_repetition_time_in_milliseconds_fails_that_run(
     assert len(_outputs(out)) == 3
 
 
-def test_sidecar_and_header_repetition_times_that_disagree_are_warned(
-    demo_copy: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def _set_header_step(bold: Path, step: float, unit: str) -> None:
+    img = nib.load(bold)
+    data = np.asarray(img.dataobj)
+    header = img.header.copy()
+    header.set_xyzt_units("mm", unit)
+    header.set_zooms((*header.get_zooms()[:3], step))
+    nib.save(nib.Nifti1Image(data, img.affine, header), bold)
+
+
+@pytest.mark.parametrize(
+    ("step", "unit", "loud", "known"),
+    [
+        (2.5, "sec", True, ""),  # a real disagreement: said on the console
+        (1.0, "sec", False, "a placeholder"),  # fMRIPrep 23.2.0 (nipreps/fmriprep#3216)
+        (2000.0, "sec", False, "milliseconds labelled as seconds"),  # older fMRIPrep
+        (2000.0, "msec", None, ""),  # the same time: nothing
+        (1.0, "unknown", None, ""),  # nibabel's default step, no unit: nothing
+        (0.0, "sec", None, ""),  # fMRIPrep's multi-echo outputs: nothing
+    ],
+)
+def test_a_header_time_step_that_disagrees_with_the_sidecar_is_noted(
+    demo_copy: DemoInfo,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    step: float,
+    unit: str,
+    loud: bool | None,
+    known: str,
 ) -> None:
-    """The sidecar's value is used (BIDS), and the run says the header disagrees; the
-    demo's other runs (sidecar 2 s, header 2 s) say nothing."""
+    """The sidecar's RepetitionTime (2 s) is used (BIDS). A header stating another time
+    step is noted in the run's sidecar; on the console only when no known fMRIPrep
+    header fault explains it (those would repeat on every run)."""
     data = demo_copy.root
     bold = _bold(data)
     sidecar = bold.with_name(bold.name.replace(".nii.gz", ".json"))
-    meta = json.loads(sidecar.read_text())
-    meta["RepetitionTime"] = 2.5
-    sidecar.write_text(json.dumps(meta))
+    _set_header_step(bold, step, unit)
     out = tmp_path / "out"
     assert _run(data, out) == 0
-    warned = [line for line in capsys.readouterr().err.splitlines() if "NIfTI header" in line]
-    assert len(warned) == 1, warned
-    assert bold.name in warned[0] and sidecar.name in warned[0]
-    assert "RepetitionTime 2.5 s" in warned[0] and "header, 2 s" in warned[0]
-    written = [json.loads(p.read_text()) for p in sorted(out.glob("sub-*/func/*_timeseries.json"))]
-    assert sorted(w["RepetitionTime"] for w in written) == [2, 2, 2, 2.5]
+    err = capsys.readouterr().err
+    console = [line for line in err.splitlines() if "NIfTI header gives" in line]
+    written = {
+        p.name.split("_space")[0]: json.loads(p.read_text())
+        for p in sorted(out.glob("sub-*/func/*_timeseries.json"))
+    }
+    assert len(written) == 4
+    assert all(w["RepetitionTime"] == 2 for w in written.values())
+    notes = {
+        name: [m for m in w["Warnings"] if "NIfTI header gives" in m]
+        for name, w in written.items()
+    }
+    this_run = bold.name.split("_space")[0]
+    assert all(not n for name, n in notes.items() if name != this_run)
+    if loud is None:
+        assert console == [] and notes[this_run] == []
+        return
+    (note,) = notes[this_run]
+    assert f"a time step of {step:g} s" in note and "RepetitionTime is 2 s" in note
+    assert f"the JSON sidecar bids:fmriprep:sub-01/func/{sidecar.name};" in note  # portable
+    assert str(data) not in note
+    assert known in note
+    if loud:
+        assert len(console) == 1 and bold.name in console[0] and str(sidecar) in console[0]
+    else:
+        assert console == []
 
 
 @pytest.mark.parametrize(("option", "value"), [("--high-pass", "0.25"), ("--low-pass", "0.3")])
