@@ -353,7 +353,7 @@ def header_tr_note(task: RunTask, source: reading.VolumeSource) -> tuple[str, bo
     """
     run = task.run
     step, unit = source.time_step
-    if unit not in ("sec", "msec", "usec") or not np.isfinite(step):
+    if unit not in ("sec", "msec", "usec") or not (np.isfinite(step) and np.isfinite(run.t_r)):
         return None
     if abs(step - run.t_r) <= 1e-3 * run.t_r:
         return None
@@ -800,8 +800,12 @@ def _check_timing(task: RunTask) -> None:
         hint = f" ({t_r:g} looks like milliseconds: write {t_r / 1000:g})" if t_r > 1000 else ""
         raise DataError(
             f"RepetitionTime {t_r:g} s of {run.bold.name} (from {where}) is outside the "
-            f"plausible {MIN_TR_S:g}-{MAX_TR_S:g} s; BIDS gives it in seconds{hint}; fix the "
-            "sidecar"
+            f"plausible {MIN_TR_S:g}-{MAX_TR_S:g} s; BIDS gives it in seconds{hint}; "
+            + (
+                "fix the sidecar"
+                if run.t_r_source is not None
+                else "add RepetitionTime (seconds) to the BOLD's JSON sidecar"
+            )
         )
     nyquist = 0.5 / t_r
     for option, cutoff in (("--high-pass", config.high_pass), ("--low-pass", config.low_pass)):

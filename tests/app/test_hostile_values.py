@@ -60,6 +60,26 @@ def _set_header_step(bold: Path, step: float, unit: str) -> None:
     nib.save(nib.Nifti1Image(data, img.affine, header), bold)
 
 
+def test_an_implausible_header_repetition_time_asks_for_the_sidecar_value(
+    demo_copy: DemoInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No RepetitionTime in any sidecar, and a header of 2000 s: the message names the
+    header as the origin and asks for RepetitionTime in the sidecar (not to 'fix' one)."""
+    data = demo_copy.root
+    bold = _bold(data)
+    sidecar = bold.with_name(bold.name.replace(".nii.gz", ".json"))
+    meta = json.loads(sidecar.read_text())
+    del meta["RepetitionTime"]
+    sidecar.write_text(json.dumps(meta))
+    _set_header_step(bold, 2000.0, "sec")
+    out = tmp_path / "out"
+    assert _run(data, out) == 1
+    (failed,) = _failed(capsys.readouterr().err)
+    assert f"(from the NIfTI header of {bold})" in failed
+    assert failed.endswith("add RepetitionTime (seconds) to the BOLD's JSON sidecar")
+    assert "looks like milliseconds: write 2" in failed
+
+
 @pytest.mark.parametrize(
     ("step", "unit", "loud", "known"),
     [

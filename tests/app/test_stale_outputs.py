@@ -60,6 +60,7 @@ def _task(
         sidecar=bold.with_name(f"{prefix}_desc-preproc_bold.json"),
         fmriprep_root=root,
         aroma_bold=aroma if aroma.exists() else None,
+        t_r_source=bold.with_name(f"{prefix}_desc-preproc_bold.json"),
     )
     config = RunConfig(
         bids_dir=root, output_dir=out, analysis_level="participant", work_dir=out / ".work",
