@@ -490,14 +490,15 @@ def header_time_step(img: Any) -> tuple[float, str]:
 
     header = load_img(img).header
     zooms = header.get_zooms()
+    step = float(str(np.float32(zooms[3]))) if len(zooms) > 3 else 0.0
     if hasattr(header, "get_xyzt_units"):
         unit = str(header.get_xyzt_units()[1])
     elif isinstance(header, nib.freesurfer.mghformat.MGHHeader):
-        unit = "msec"
+        # the header's own field, in ms whatever unit nibabel's zooms may adopt
+        unit, step = "msec", float(str(np.float32(header["tr"])))
     else:
         unit = "none"
     per_second = _PER_SECOND.get(unit)
-    step = float(str(np.float32(zooms[3]))) if len(zooms) > 3 else 0.0
     if per_second is None or not (np.isfinite(step) and step > 0):
         return float("nan"), unit
     return step / per_second, unit

@@ -414,6 +414,9 @@ def test_header_time_step_of_mgh_is_milliseconds_and_analyze_has_none() -> None:
     mgh = nib.MGHImage(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
     mgh.header["tr"] = 2000.0
     assert reading.header_time_step(mgh) == (2.0, "msec")
+    mgh.header["tr"] = 0.0  # FreeSurfer's "no TR"
+    value, unit = reading.header_time_step(mgh)
+    assert np.isnan(value) and unit == "msec"
     analyze = nib.AnalyzeImage(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
     analyze.header.set_zooms((1.0, 1.0, 1.0, 2.0))
     value, unit = reading.header_time_step(analyze)
